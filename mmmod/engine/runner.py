@@ -1,0 +1,225 @@
+"""What ``tools/train.py`` and ``tools/test.py`` do beyond parsing arguments.
+
+The tools follow OpenMMLab's command line (``config``, ``--work-dir``, ``--resume``,
+``--amp``, ``--cfg-options``, ``--launcher``) for mmpretrain, mmseg and mmdet configs alike:
+the config's ``default_scope`` selects the library. The config edits live here, as functions
+that return a new config, so tests can call them without a subprocess.
+"""
+import copy
+import os.path as osp
+
+import torch
+from mmengine.logging import print_log
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
+
+from mmmod.compat import check_mmcv_ops, setup_distributed
+
+__all__ = [
+    'apply_train_args', 'apply_test_args', 'enable_visualization', 'prepare_environment',
+    'build_runner', 'run_train', 'run_test'
+]
+
+# Scopes whose models call mmcv's compiled ops (RoIAlign, NMS in Faster R-CNN).
+SCOPES_NEEDING_MMCV_OPS = ('mmdet', )
+# The metric each library's tools/test.py appends for ``--out``: mmdet's variant also
+# encodes masks as RLE; the others dump the raw predictions.
+DUMP_METRIC = {'mmdet': 'DumpDetResults'}
+DEFAULT_DUMP_METRIC = 'DumpResults'
+# How each library's tools/test.py switches its VisualizationHook on and where the painted
+# images go: hook arguments, and the (section, key) that takes the folder.
+# Dataloader settings a library's tools fill in where its configs are silent (mmpretrain's
+# tools/train.py and test.py); the config's own values win.
+DATALOADER_DEFAULTS = {
+    'mmpretrain':
+    dict(pin_memory=True, persistent_workers=True, collate_fn=dict(type='default_collate')),
+}
+DATALOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
+VISUALIZATION = {
+    'mmpretrain': (dict(enable=True), ('default_hooks.visualization', 'out_dir')),
+    'mmdet': (dict(draw=True), ('default_hooks.visualization', 'test_out_dir')),
+    'mmseg': (dict(draw=True), ('visualizer', 'save_dir')),
+}
+
+
+def _default_work_dir(cfg) -> str:
+    name = osp.splitext(osp.basename(cfg.filename or 'config'))[0]
+    return osp.join('./work_dirs', name)
+
+
+def _dataloader_defaults(scope, dataloader_cfg) -> dict:
+    defaults = copy.deepcopy(DATALOADER_DEFAULTS.get(scope, {}))
+    # torch refuses persistent workers without workers; pinning needs a GPU to help
+    if not dataloader_cfg.get('num_workers', 0):
+        defaults.pop('persistent_workers', None)
+    if not torch.cuda.is_available():
+        defaults.pop('pin_memory', None)
+    return defaults
+
+
+def _with_run_dirs(cfg, work_dir, launcher):
+    """A copy of ``cfg`` with launcher, work_dir (CLI > config > ./work_dirs/NAME) and the
+    library's dataloader defaults set."""
+    cfg = copy.deepcopy(cfg)
+    cfg.launcher = launcher
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = _default_work_dir(cfg)
+    for name in DATALOADERS:
+        if cfg.get(name) is not None:
+            cfg[name] = dict(_dataloader_defaults(cfg.get('default_scope'), cfg[name]),
+                             **cfg[name])
+    return cfg
+
+
+def apply_train_args(cfg,
+                     *,
+                     work_dir=None,
+                     resume=None,
+                     amp=False,
+                     auto_scale_lr=False,
+                     launcher='none'):
+    """The training config after ``tools/train.py``'s options.
+
+    Args:
+        cfg (mmengine.Config): Loaded config (``--cfg-options`` already merged); not modified.
+        work_dir (str, optional): ``--work-dir``.
+        resume (str, optional): ``'auto'`` resumes from the latest checkpoint in
+            ``work_dir``; a path resumes from that checkpoint; None starts afresh.
+        amp (bool): Switch ``OptimWrapper`` to ``AmpOptimWrapper`` (dynamic loss scale).
+        auto_scale_lr (bool): Enable the config's ``auto_scale_lr``.
+        launcher (str): ``none``, ``pytorch``, ``slurm`` or ``mpi``.
+
+    Returns:
+        mmengine.Config: A new config.
+    """
+    cfg = _with_run_dirs(cfg, work_dir, launcher)
+    if resume == 'auto':
+        cfg.resume = True
+        cfg.load_from = None
+    elif resume is not None:
+        cfg.resume = True
+        cfg.load_from = resume
+
+    if amp:
+        wrapper_type = cfg.optim_wrapper.get('type', 'OptimWrapper')
+        if wrapper_type == 'AmpOptimWrapper':
+            print_log('AMP training is already enabled in the config.', 'current')
+        elif wrapper_type != 'OptimWrapper':
+            raise ValueError(
+                f'--amp needs optim_wrapper type OptimWrapper, got {wrapper_type!r}.')
+        else:
+            cfg.optim_wrapper.type = 'AmpOptimWrapper'
+            cfg.optim_wrapper.loss_scale = 'dynamic'
+
+    if auto_scale_lr:
+        if 'base_batch_size' not in (cfg.get('auto_scale_lr') or {}):
+            raise ValueError('--auto-scale-lr needs auto_scale_lr=dict(base_batch_size=...) '
+                             'in the config.')
+        cfg.auto_scale_lr.enable = True
+    return cfg
+
+
+def enable_visualization(cfg, show_dir):
+    """A copy of ``cfg`` whose VisualizationHook paints test results into ``show_dir``.
+
+    Each library switches its hook on differently (see :data:`VISUALIZATION`).
+
+    Raises:
+        KeyError: when the scope is unknown or the config has no visualization hook.
+    """
+    scope = cfg.get('default_scope')
+    if scope not in VISUALIZATION:
+        raise KeyError(f'--show-dir supports default_scope in {sorted(VISUALIZATION)}, '
+                       f'got {scope!r}.')
+    if 'visualization' not in cfg.get('default_hooks', {}):
+        raise KeyError('--show-dir needs default_hooks.visualization in the config, e.g. '
+                       'visualization=dict(type="VisualizationHook").')
+    hook_args, (section, key) = VISUALIZATION[scope]
+    cfg = copy.deepcopy(cfg)
+    cfg.default_hooks.visualization.update(hook_args)
+    target = cfg
+    for name in section.split('.'):
+        target = target[name]
+    target[key] = show_dir
+    return cfg
+
+
+def _with_dump_metric(evaluator_cfg, dump_cfg):
+    """``test_evaluator`` (a metric, a list of metrics or an Evaluator) plus ``dump_cfg``."""
+    if isinstance(evaluator_cfg, dict) and 'metrics' in evaluator_cfg:
+        metrics = evaluator_cfg['metrics']
+        metrics = list(metrics) if isinstance(metrics, (list, tuple)) else [metrics]
+        return dict(evaluator_cfg, metrics=[*metrics, dump_cfg])
+    if isinstance(evaluator_cfg, (list, tuple)):
+        return [*evaluator_cfg, dump_cfg]
+    return [evaluator_cfg, dump_cfg]
+
+
+def apply_test_args(cfg, checkpoint, *, work_dir=None, out=None, show_dir=None, launcher='none'):
+    """The test config after ``tools/test.py``'s options.
+
+    Args:
+        cfg (mmengine.Config): Loaded config (``--cfg-options`` already merged); not modified.
+        checkpoint (str): Weights to evaluate (``load_from``).
+        work_dir (str, optional): Where the metrics json and logs go.
+        out (str, optional): A ``.pkl`` file to dump the raw predictions into.
+        show_dir (str, optional): Folder for painted predictions.
+        launcher (str): ``none``, ``pytorch``, ``slurm`` or ``mpi``.
+
+    Returns:
+        mmengine.Config: A new config.
+    """
+    cfg = _with_run_dirs(cfg, work_dir, launcher)
+    cfg.load_from = checkpoint
+    if show_dir is not None:
+        cfg = enable_visualization(cfg, show_dir)
+    if out is not None:
+        if not out.endswith(('.pkl', '.pickle')):
+            raise ValueError(f'--out must name a .pkl or .pickle file, got {out!r}.')
+        dump_type = DUMP_METRIC.get(cfg.get('default_scope'), DEFAULT_DUMP_METRIC)
+        cfg.test_evaluator = _with_dump_metric(cfg.test_evaluator,
+                                               dict(type=dump_type, out_file_path=out))
+    return cfg
+
+
+def _check_dataset_paths(cfg) -> None:
+    try:
+        from mmmod.datasets import check_dataset_paths
+    except ImportError:  # mmmod.datasets provides no path checks yet
+        return
+    check_dataset_paths(cfg)
+
+
+def prepare_environment(cfg):
+    """Check what the run needs before the Runner is built; return the config to build.
+
+    mmcv's compiled ops for detection configs, the dataset paths (when
+    ``mmmod.datasets.check_dataset_paths`` exists), and the CPU distributed setup of
+    :func:`mmmod.compat.setup_distributed` for ``cfg.launcher``.
+    """
+    if cfg.get('default_scope') in SCOPES_NEEDING_MMCV_OPS:
+        check_mmcv_ops()
+    _check_dataset_paths(cfg)
+    return setup_distributed(cfg, cfg.get('launcher', 'none'))
+
+
+def build_runner(cfg) -> Runner:
+    """``Runner.from_cfg``, or the registered runner a config names with ``runner_type``."""
+    if 'runner_type' in cfg:
+        return RUNNERS.build(cfg)
+    return Runner.from_cfg(cfg)
+
+
+def run_train(cfg) -> Runner:
+    """Check the environment, build the runner and train. Returns the runner."""
+    runner = build_runner(prepare_environment(cfg))
+    runner.train()
+    return runner
+
+
+def run_test(cfg) -> dict:
+    """Check the environment, build the runner and test. Returns the metrics."""
+    runner = build_runner(prepare_environment(cfg))
+    return runner.test()

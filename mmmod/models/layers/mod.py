@@ -1,0 +1,247 @@
+"""CNN Mixture-of-Depths (MoD) routing: select k channels, process them, fuse them back.
+
+Cakaj, Mehnert, Yang, "CNN Mixture-of-Depths" (ACCV 2024), Sec. 3 and Fig. 1::
+
+    x (N, C, H, W) --> ChannelScorer --> scores s (N, C) --> top-k --> idx (N, k)
+      |                                                                  |
+      |         x[:, idx] (N, k, H, W) --> slim branch --> y * s[idx] (N, k, H, W)
+      |                                                                  |
+      +------------------------------------------------- fusion: x[:, :k] += y * s[idx]
+
+The slim branch is the residual branch of the replaced block at width k (e.g. a bottleneck
+k -> k/4 -> k) ending in a norm; multiplying its output by the selected channels' scores is the
+only path by which gradients reach the selector (Sec. 3.2). Fusion adds to the *first* k channels
+(Eq. 1): the paper found fixed positions better than scattering back (Sec. 3.3); the appendix's
+'last' k channels and the 'original' positions are kept for the ablations. The graph is static:
+top-k, one gather and one strided add, whatever the input.
+
+Inference is engineered for speed while training stays exact:
+
+* without autograd the fusion adds in place into ``x`` (no copy of the feature map);
+* without autograd and with frozen norms, each conv-norm pair of the branch runs as one conv
+  with the norm folded in (weights cached, refreshed when a parameter changes);
+* for batch size 1 the gather is a plain ``index_select``.
+"""
+from contextlib import contextmanager
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmcv.cnn import ConvModule
+from mmcv.cnn.bricks import DropPath
+from mmengine.utils.dl_utils.parrots_wrapper import _BatchNorm
+
+from .selector import ChannelScorer
+
+FUSIONS = ('first', 'last', 'original')
+SELECTIONS = ('topk', 'random')
+
+
+def _check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f'{name} must be one of {list(choices)}, got {value!r}')
+
+
+def gather_channels(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Per-sample channel gather.
+
+    Args:
+        x (Tensor): (N, C, H, W).
+        idx (Tensor): (N, k) channel indices per sample.
+
+    Returns:
+        Tensor: (N, k, H, W) with ``out[n, j] = x[n, idx[n, j]]``.
+    """
+    n, _, h, w = x.shape
+    if n == 1:
+        return x.index_select(1, idx[0])  # (1, C, H, W) -> (1, k, H, W)
+    k = idx.shape[1]
+    return x.gather(1, idx[:, :, None, None].expand(n, k, h, w))  # (N, C, H, W) -> (N, k, H, W)
+
+
+class _FoldedConvNorm:
+    """Conv weights with an eval-mode BatchNorm folded in, cached until a parameter changes.
+
+    The cache key is the ``_version`` counter of every tensor involved, so ``load_state_dict``,
+    optimizer steps or any in-place edit invalidate it.
+    """
+
+    def __init__(self):
+        self.key = None
+        self.weight = None
+        self.bias = None
+
+    def get(self, conv: nn.Conv2d, bn: _BatchNorm):
+        tensors = (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+        key = tuple((id(t), t._version) if t is not None else None for t in tensors)
+        if key != self.key:
+            with torch.no_grad():
+                std = (bn.running_var + bn.eps).sqrt()
+                scale = bn.weight / std if bn.weight is not None else 1.0 / std
+                bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+                shift = bn.bias if bn.bias is not None else torch.zeros_like(bn.running_mean)
+                self.weight = (conv.weight * scale.reshape(-1, 1, 1, 1)).contiguous()
+                self.bias = shift + (bias - bn.running_mean) * scale
+            self.key = key
+        return self.weight, self.bias
+
+
+def _foldable(m: nn.Module) -> bool:
+    """A ConvModule computing act(bn(conv2d(x))) with plain zero padding."""
+    return (isinstance(m, ConvModule) and type(m.conv) is nn.Conv2d and m.with_norm
+            and isinstance(m.norm, _BatchNorm) and m.norm.track_running_stats
+            and m.order == ('conv', 'norm', 'act') and not m.with_explicit_padding
+            and m.conv.padding_mode == 'zeros')
+
+
+class MoDBlock(nn.Module):
+    """A CNN-MoD block: route the top-k channels through a slim branch and fuse them back.
+
+    Args:
+        channels (int): C, channels of the input and output.
+        k (int): number of processed channels, ``1 <= k <= C``
+            (see :func:`~mmmod.models.layers.num_selected_channels`).
+        branch (nn.Module): the slim conv branch, (N, k, H, W) -> (N, k, H, W), ending in a
+            norm layer (no activation). An ``nn.Sequential`` of mmcv ``ConvModule`` s gets the
+            folded-norm inference path.
+        fusion (str): where processed channels are added: ``'first'`` k channels (the paper),
+            ``'last'`` k channels (appendix "MoD-lk") or the ``'original'`` selected positions.
+        selection (str): ``'topk'`` by the selector's scores (the paper) or ``'random'``
+            channels without a selector and without score scaling (the paper's "MoD50 rand.").
+        selector_reduction (int): r of the selector's FC bottleneck, hidden = C // r. Default 16.
+        drop_path_rate (float): stochastic depth on the processed channels. Default 0.
+
+    Shapes:
+        x: (N, C, H, W) -> (N, C, H, W)
+
+    Example:
+        >>> from mmcv.cnn import ConvModule
+        >>> branch = nn.Sequential(ConvModule(16, 16, 3, padding=1, norm_cfg=dict(type='BN'),
+        ...                                   act_cfg=None))
+        >>> block = MoDBlock(1024, k=16, branch=branch)
+        >>> block(torch.rand(2, 1024, 14, 14)).shape
+        torch.Size([2, 1024, 14, 14])
+    """
+
+    def __init__(self,
+                 channels: int,
+                 k: int,
+                 branch: nn.Module,
+                 fusion: str = 'first',
+                 selection: str = 'topk',
+                 selector_reduction: int = 16,
+                 drop_path_rate: float = 0.0):
+        super().__init__()
+        _check_choice('fusion', fusion, FUSIONS)
+        _check_choice('selection', selection, SELECTIONS)
+        if not 1 <= k <= channels:
+            raise ValueError(f'k (processed channels) must be in [1, {channels}], got {k}')
+        if selector_reduction < 1:
+            raise ValueError(f'selector_reduction must be >= 1, got {selector_reduction}')
+        self.channels = channels
+        self.in_channels = self.out_channels = channels  # the block contract of ResNet stages
+        self.k = k
+        self.fusion = fusion
+        self.selection = selection
+        self.selector = (ChannelScorer(channels, hidden_channels=channels // selector_reduction)
+                         if selection == 'topk' else None)
+        self.branch = branch
+        self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else None
+        # Set by `record_selections`; a list collecting the (N, k) indices of every forward.
+        self.recorder: Optional[List[torch.Tensor]] = None
+        self._folded = ([_FoldedConvNorm() for _ in branch]
+                        if isinstance(branch, nn.Sequential) and all(map(_foldable, branch))
+                        else None)
+
+    def select(self, x: torch.Tensor):
+        """Channel indices (N, k) and their scores (N, k) (None for random selection)."""
+        if self.selector is None:
+            idx = torch.rand(x.shape[:2], device=x.device).topk(self.k, dim=1).indices  # (N, k)
+            return idx, None
+        scores, idx = self.selector(x).topk(self.k, dim=1)  # (N, C) -> (N, k), (N, k)
+        return idx, scores
+
+    def _branch_folded(self, xs: torch.Tensor) -> torch.Tensor:
+        for m, cache in zip(self.branch, self._folded):
+            weight, bias = cache.get(m.conv, m.norm)
+            c = m.conv
+            xs = F.conv2d(xs, weight, bias, c.stride, c.padding, c.dilation, c.groups)
+            if m.with_activation:
+                xs = m.activate(xs)
+        return xs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.channels:
+            raise ValueError(f'MoDBlock expects (N, {self.channels}, H, W) input, '
+                             f'got {tuple(x.shape)}')
+        idx, scores = self.select(x)  # (N, k), (N, k)
+        if self.recorder is not None:
+            self.recorder.append(idx.detach().cpu())
+        xs = gather_channels(x, idx)  # (N, C, H, W) -> (N, k, H, W)
+
+        grad = torch.is_grad_enabled()
+        if (not grad and self._folded is not None
+                and not any(m.norm.training for m in self.branch)):
+            y = self._branch_folded(xs)
+        else:
+            y = self.branch(xs)  # (N, k, H, W)
+        if self.drop_path is not None:
+            y = self.drop_path(y)
+        s = None if scores is None else scores[:, :, None, None]  # (N, k) -> (N, k, 1, 1)
+
+        # In place only when autograd will not need x and no tracer records the graph.
+        inplace = not ((grad and x.requires_grad) or torch.jit.is_tracing()
+                       or torch.compiler.is_compiling())
+        return self._fuse(x, y, s, idx, inplace)
+
+    def _fuse(self, x, y, s, idx, inplace: bool) -> torch.Tensor:
+        """x (N, C, H, W) + y * s (N, k, H, W) at the fusion positions."""
+        k = self.k
+        if self.fusion == 'original':
+            n, _, h, w = x.shape
+            y = y if s is None else y * s
+            index = idx[:, :, None, None].expand(n, k, h, w)  # (N, k) -> (N, k, H, W)
+            return x.scatter_add_(1, index, y) if inplace else x.scatter_add(1, index, y)
+        c = self.channels
+        lo, hi = (0, k) if self.fusion == 'first' else (c - k, c)
+        if inplace:
+            part = x[:, lo:hi]  # a view: the add writes into x
+            part.add_(y) if s is None else part.addcmul_(y, s)
+            return x
+        fused = x[:, lo:hi] + y if s is None else torch.addcmul(x[:, lo:hi], y, s)
+        parts = (fused, x[:, hi:]) if lo == 0 else (x[:, :lo], fused)
+        return torch.cat(parts, dim=1)  # (N, k, H, W) + (N, C-k, H, W) -> (N, C, H, W)
+
+    def extra_repr(self) -> str:
+        return (f'channels={self.channels}, k={self.k}, fusion={self.fusion!r}, '
+                f'selection={self.selection!r}')
+
+
+@contextmanager
+def record_selections(model: nn.Module):
+    """Record which channels every :class:`MoDBlock` of ``model`` selects.
+
+    Recording is off by default and costs one attribute check per block; inside this context
+    each forward appends the (N, k) selected indices (on CPU) per block.
+
+    Yields:
+        dict[str, list[Tensor]]: module name -> list of (N, k) index tensors, one per forward.
+
+    Example:
+        >>> from mmmod.models import ResNetMoD
+        >>> model = ResNetMoD(depth=18).eval()
+        >>> with record_selections(model) as sel, torch.no_grad():
+        ...     _ = model(torch.rand(2, 3, 64, 64))
+        >>> sorted(sel)[0], sel['layer1.1'][0].shape
+        ('layer1.1', torch.Size([2, 1]))
+    """
+    blocks = {name: m for name, m in model.named_modules() if isinstance(m, MoDBlock)}
+    records: Dict[str, List[torch.Tensor]] = {name: [] for name in blocks}
+    for name, m in blocks.items():
+        m.recorder = records[name]
+    try:
+        yield records
+    finally:
+        for m in blocks.values():
+            m.recorder = None

@@ -1,0 +1,163 @@
+"""The config edits behind tools/train.py and tools/test.py."""
+import copy
+
+import pytest
+from mmengine.config import Config
+
+from mmmod.engine import runner as engine_runner
+from mmmod.engine.runner import (apply_test_args, apply_train_args, enable_visualization,
+                                 prepare_environment)
+
+
+def make_cfg(scope='mmpretrain', **extra):
+    cfg = Config(
+        dict(
+            default_scope=scope,
+            model=dict(type='ImageClassifier'),
+            optim_wrapper=dict(type='OptimWrapper', optimizer=dict(type='SGD', lr=0.1)),
+            test_evaluator=dict(type='Accuracy'),
+            default_hooks=dict(visualization=dict(type='VisualizationHook')),
+            visualizer=dict(type='Visualizer'),
+            **extra))
+    return cfg
+
+
+def frozen(cfg):
+    return copy.deepcopy(cfg._cfg_dict.to_dict())
+
+
+def test_train_defaults(tmp_path):
+    path = tmp_path / 'tiny_r18.py'
+    path.write_text("default_scope = 'mmpretrain'\noptim_wrapper = dict(type='OptimWrapper')\n")
+    cfg = Config.fromfile(path)
+    before = frozen(cfg)
+    new = apply_train_args(cfg)
+    assert new.work_dir == './work_dirs/tiny_r18'
+    assert new.launcher == 'none'
+    assert 'resume' not in new
+    assert frozen(cfg) == before
+
+
+def test_work_dir_priority():
+    assert apply_train_args(make_cfg(work_dir='cfg_dir')).work_dir == 'cfg_dir'
+    assert apply_train_args(make_cfg(work_dir='cfg_dir'), work_dir='cli').work_dir == 'cli'
+
+
+@pytest.mark.parametrize('resume, load_from', [
+    ('auto', None),
+    ('ckpt/iter_4.pth', 'ckpt/iter_4.pth'),
+])
+def test_resume(resume, load_from):
+    new = apply_train_args(make_cfg(load_from='pretrained.pth'), resume=resume)
+    assert new.resume is True
+    assert new.load_from == load_from
+
+
+def test_amp():
+    new = apply_train_args(make_cfg(), amp=True)
+    assert new.optim_wrapper.type == 'AmpOptimWrapper'
+    assert new.optim_wrapper.loss_scale == 'dynamic'
+
+
+def test_amp_refuses_other_wrappers():
+    cfg = make_cfg()
+    cfg.optim_wrapper.type = 'ApexOptimWrapper'
+    with pytest.raises(ValueError, match='OptimWrapper'):
+        apply_train_args(cfg, amp=True)
+
+
+def test_auto_scale_lr():
+    new = apply_train_args(make_cfg(auto_scale_lr=dict(base_batch_size=16)), auto_scale_lr=True)
+    assert new.auto_scale_lr == dict(base_batch_size=16, enable=True)
+    with pytest.raises(ValueError, match='base_batch_size'):
+        apply_train_args(make_cfg(), auto_scale_lr=True)
+
+
+def test_test_args_dump_and_checkpoint():
+    cfg = make_cfg()
+    before = frozen(cfg)
+    new = apply_test_args(cfg, 'iter_4.pth', work_dir='w', out='preds.pkl', launcher='pytorch')
+    assert new.load_from == 'iter_4.pth'
+    assert new.launcher == 'pytorch'
+    assert new.test_evaluator == [
+        dict(type='Accuracy'), dict(type='DumpResults', out_file_path='preds.pkl')
+    ]
+    assert frozen(cfg) == before
+
+
+def test_test_args_dump_for_mmdet_evaluator_list():
+    cfg = make_cfg('mmdet', )
+    cfg.test_evaluator = [dict(type='CocoMetric')]
+    new = apply_test_args(cfg, 'c.pth', out='d.pkl')
+    assert new.test_evaluator[-1] == dict(type='DumpDetResults', out_file_path='d.pkl')
+
+
+def test_test_args_dump_into_evaluator_metrics():
+    cfg = make_cfg()
+    cfg.test_evaluator = dict(type='Evaluator', metrics=dict(type='Accuracy'))
+    new = apply_test_args(cfg, 'c.pth', out='d.pkl')
+    assert new.test_evaluator.metrics[-1].type == 'DumpResults'
+
+
+def test_test_args_out_must_be_pickle():
+    with pytest.raises(ValueError, match='.pkl'):
+        apply_test_args(make_cfg(), 'c.pth', out='preds.json')
+
+
+@pytest.mark.parametrize('scope, hook, section, key', [
+    ('mmpretrain', dict(enable=True), 'default_hooks.visualization', 'out_dir'),
+    ('mmdet', dict(draw=True), 'default_hooks.visualization', 'test_out_dir'),
+    ('mmseg', dict(draw=True), 'visualizer', 'save_dir'),
+])
+def test_visualization_per_library(scope, hook, section, key):
+    new = enable_visualization(make_cfg(scope), 'show')
+    for name, value in hook.items():
+        assert new.default_hooks.visualization[name] == value
+    target = new
+    for name in section.split('.'):
+        target = target[name]
+    assert target[key] == 'show'
+
+
+def test_visualization_needs_hook():
+    cfg = make_cfg()
+    cfg.default_hooks = dict()
+    with pytest.raises(KeyError, match='default_hooks.visualization'):
+        enable_visualization(cfg, 'show')
+    with pytest.raises(KeyError, match='default_scope'):
+        enable_visualization(make_cfg('mmocr'), 'show')
+
+
+def test_prepare_environment_checks_ops_for_mmdet_only(monkeypatch):
+    calls = []
+    monkeypatch.setattr(engine_runner, 'check_mmcv_ops', lambda: calls.append('ops'))
+    monkeypatch.setattr(engine_runner, '_check_dataset_paths', lambda cfg: None)
+    prepare_environment(make_cfg('mmpretrain'))
+    assert calls == []
+    prepare_environment(make_cfg('mmdet'))
+    assert calls == ['ops']
+
+
+def test_prepare_environment_checks_dataset_paths(monkeypatch):
+    import mmmod.datasets
+    seen = []
+    monkeypatch.setattr(mmmod.datasets, 'check_dataset_paths', seen.append, raising=False)
+    cfg = make_cfg()
+    assert prepare_environment(cfg) is cfg  # no launcher: nothing to change
+    assert seen == [cfg]
+
+
+def test_mmpretrain_dataloader_defaults():
+    cfg = make_cfg(
+        train_dataloader=dict(batch_size=2, num_workers=2),
+        val_dataloader=dict(batch_size=2, num_workers=0, collate_fn=dict(type='pseudo_collate')))
+    new = apply_train_args(cfg)
+    assert new.train_dataloader.collate_fn.type == 'default_collate'
+    assert new.train_dataloader.persistent_workers is True
+    assert new.val_dataloader.collate_fn.type == 'pseudo_collate'  # the config wins
+    assert 'persistent_workers' not in new.val_dataloader  # torch needs workers for it
+
+
+def test_other_libraries_dataloaders_untouched():
+    loader = dict(batch_size=2, num_workers=2)
+    assert apply_train_args(make_cfg('mmdet', train_dataloader=loader)).train_dataloader == loader

@@ -1,0 +1,218 @@
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmcv.cnn import ConvModule
+
+from mmmod.models.layers import (ChannelScorer, MoDBlock, gather_channels, num_selected_channels,
+                                 record_selections)
+
+
+def make_branch(k, dilation=1):
+    """A bottleneck-like slim branch k -> k/4 -> k ending in a BN."""
+    mid = max(1, k // 4)
+    bn = dict(type='BN')
+    return nn.Sequential(
+        ConvModule(k, mid, 1, norm_cfg=bn),
+        ConvModule(mid, mid, 3, padding=dilation, dilation=dilation, norm_cfg=bn),
+        ConvModule(mid, k, 1, norm_cfg=bn, act_cfg=None))
+
+
+def randomize_bn(module, seed=0):
+    """Non-trivial BN statistics and affine params, so folding errors would show."""
+    g = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g))
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            m.weight.data.copy_(torch.randn(n, generator=g))
+            m.bias.data.copy_(torch.randn(n, generator=g))
+
+
+def reference_mod(block, x):
+    """The paper's MoD block written out plainly (Sec. 3, Eq. 1), per sample."""
+    c, k = block.channels, block.k
+    s = torch.sigmoid(F.linear(F.relu(F.linear(x.mean((2, 3)), block.selector.fc1.weight)),
+                               block.selector.fc2.weight))  # (N, C)
+    out = x.clone()
+    for n in range(x.shape[0]):
+        scores, idx = s[n].topk(k)
+        y = block.branch(x[n:n + 1, idx])[0] * scores[:, None, None]  # (k, H, W)
+        if block.fusion == 'first':
+            out[n, :k] += y
+        elif block.fusion == 'last':
+            out[n, c - k:] += y
+        else:
+            out[n, idx] += y
+    return out
+
+
+@pytest.mark.parametrize('channels,c,k', [(1024, 64, 16), (256, 64, 4), (24, 16, 1), (8, 16, 1),
+                                          (2048, 64, 32), (100, 1, 100)])
+def test_num_selected_channels(channels, c, k):
+    assert num_selected_channels(channels, c) == k
+
+
+@pytest.mark.parametrize('c', [0, -3, 1.5, True])
+def test_num_selected_channels_rejects_bad_c(c):
+    with pytest.raises(ValueError, match='integer >= 1'):
+        num_selected_channels(64, c)
+
+
+def test_channel_scorer():
+    scorer = ChannelScorer(64, hidden_channels=4)
+    s = scorer(torch.randn(3, 64, 5, 5))
+    assert s.shape == (3, 64) and bool(((s > 0) & (s < 1)).all())
+    assert scorer.fc1.bias is None and scorer.fc2.bias is None
+    assert scorer.fc1.weight.shape == (4, 64) and scorer.fc2.weight.shape == (64, 4)
+    single = ChannelScorer(64, out_channels=16)
+    assert single(torch.randn(1, 64, 2, 2)).shape == (1, 16) and single.fc2 is None
+    with pytest.raises(ValueError, match=r'\(N, 64, H, W\)'):
+        scorer(torch.randn(1, 32, 5, 5))
+
+
+def test_gather_channels_matches_indexing():
+    x = torch.randn(3, 10, 4, 5)
+    idx = torch.tensor([[3, 1], [0, 9], [5, 5]])
+    out = gather_channels(x, idx)
+    for n in range(3):
+        assert torch.equal(out[n], x[n, idx[n]])
+    assert torch.equal(gather_channels(x[:1], idx[:1]), x[:1, idx[0]])
+
+
+@pytest.mark.parametrize('fusion', ['first', 'last', 'original'])
+@pytest.mark.parametrize('batch', [1, 3])
+def test_mod_block_matches_reference(fusion, batch):
+    torch.manual_seed(0)
+    block = MoDBlock(64, 8, make_branch(8), fusion=fusion, selector_reduction=16)
+    randomize_bn(block)
+    x = torch.randn(batch, 64, 6, 6)
+    block.eval()
+    with torch.no_grad():
+        expected = reference_mod(block, x)
+        # no autograd: folded norms and in-place fusion
+        fast = block(x.clone())
+    torch.testing.assert_close(fast, expected, rtol=1e-4, atol=1e-4)
+    # autograd on: the exact training-time path (eval-mode BN so both use running stats)
+    xg = x.clone().requires_grad_()
+    exact = block(xg)
+    torch.testing.assert_close(exact, expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(xg.detach(), x), 'the autograd path must not modify its input'
+
+
+@pytest.mark.parametrize('fusion', ['first', 'last', 'original'])
+def test_fusion_touches_only_its_channels(fusion):
+    torch.manual_seed(1)
+    c, k = 32, 4
+    block = MoDBlock(c, k, make_branch(k), fusion=fusion)
+    randomize_bn(block)
+    x = torch.randn(2, c, 5, 5)
+    idx, _ = block.select(x)
+    out = block(x.clone().requires_grad_())
+    changed = (out - x).abs().amax((2, 3)) > 0  # (N, C)
+    for n in range(2):
+        expected = torch.zeros(c, dtype=torch.bool)
+        if fusion == 'first':
+            expected[:k] = True
+        elif fusion == 'last':
+            expected[c - k:] = True
+        else:
+            expected[idx[n]] = True
+        assert torch.equal(changed[n], expected)
+
+
+def test_random_selection_has_no_selector_and_no_scaling():
+    torch.manual_seed(0)
+    block = MoDBlock(32, 4, make_branch(4), selection='random').eval()
+    randomize_bn(block)
+    assert block.selector is None
+    assert not any('selector' in n for n, _ in block.named_parameters())
+    x = torch.randn(1, 32, 5, 5)
+    torch.manual_seed(3)
+    idx, scores = block.select(x)
+    assert scores is None and idx.shape == (1, 4) and len(set(idx[0].tolist())) == 4
+    torch.manual_seed(3)
+    with torch.no_grad():
+        out = block(x.clone())
+    expected = x.clone()
+    expected[:, :4] += block.branch(x[:, idx[0]])
+    torch.testing.assert_close(out, expected)
+    # different draws pick different channels
+    draws = {tuple(block.select(x)[0][0].sort().values.tolist()) for _ in range(20)}
+    assert len(draws) > 1
+
+
+def test_gradients_reach_selector_branch_and_input():
+    torch.manual_seed(0)
+    block = MoDBlock(64, 8, make_branch(8)).train()
+    x = torch.randn(4, 64, 6, 6, requires_grad=True)
+    block(x).square().sum().backward()
+    for name, p in block.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_folded_cache_follows_weight_changes():
+    torch.manual_seed(0)
+    block = MoDBlock(32, 4, make_branch(4)).eval()
+    randomize_bn(block, seed=1)
+    x = torch.randn(1, 32, 5, 5)
+    with torch.no_grad():
+        first = block(x.clone())
+    other = MoDBlock(32, 4, make_branch(4)).eval()
+    randomize_bn(other, seed=2)
+    block.load_state_dict(other.state_dict())
+    with torch.no_grad():
+        after = block(x.clone())
+        expected = reference_mod(other, x)
+    assert not torch.allclose(first, after)
+    torch.testing.assert_close(after, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_train_mode_bn_is_not_folded():
+    torch.manual_seed(0)
+    block = MoDBlock(32, 4, make_branch(4)).train()
+    x = torch.randn(4, 32, 5, 5)
+    with torch.no_grad():
+        out = block(x.clone())
+    # training-mode BN normalises with batch statistics: same as the autograd path
+    torch.testing.assert_close(out, block(x.clone().requires_grad_()).detach())
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(fusion='middle'), r"fusion must be one of \['first', 'last', 'original'\]"),
+    (dict(selection='gumbel'), r"selection must be one of \['topk', 'random'\]"),
+    (dict(k=0), r'k \(processed channels\) must be in \[1, 32\]'),
+    (dict(k=33), r'must be in \[1, 32\]'),
+    (dict(selector_reduction=0), 'selector_reduction must be >= 1'),
+])
+def test_mod_block_bad_arguments(kwargs, match):
+    args = dict(channels=32, k=4, branch=make_branch(4))
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        MoDBlock(**args)
+
+
+def test_mod_block_rejects_channel_mismatch():
+    block = MoDBlock(32, 4, make_branch(4))
+    with pytest.raises(ValueError, match=r'expects \(N, 32, H, W\) input, got \(1, 16, 5, 5\)'):
+        block(torch.randn(1, 16, 5, 5))
+
+
+def test_record_selections():
+    torch.manual_seed(0)
+    model = nn.Sequential(MoDBlock(32, 4, make_branch(4)), nn.ReLU(),
+                          MoDBlock(32, 2, make_branch(2))).eval()
+    x = torch.randn(3, 32, 5, 5)
+    with record_selections(model) as sel, torch.no_grad():
+        model(x.clone())
+        model(x.clone())
+    assert sorted(sel) == ['0', '2']
+    assert len(sel['0']) == 2 and sel['0'][0].shape == (3, 4) and sel['2'][0].shape == (3, 2)
+    expected_idx, _ = model[0].select(x)
+    assert torch.equal(sel['0'][0], expected_idx)
+    # off again after the context: nothing more is recorded
+    with torch.no_grad():
+        model(x.clone())
+    assert len(sel['0']) == 2 and model[0].recorder is None

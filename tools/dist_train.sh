@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Distributed training with torchrun: one process per GPU, or NPROC CPU processes (gloo)
+# on a machine without CUDA (see mmmod/compat/dist.py).
+#
+#   bash tools/dist_train.sh CONFIG NPROC [train.py options]
+#   NNODES, NODE_RANK, MASTER_ADDR, PORT and PYTHON override the defaults below.
+set -euo pipefail
+
+CONFIG=$1
+GPUS=$2
+NNODES=${NNODES:-1}
+NODE_RANK=${NODE_RANK:-0}
+PORT=${PORT:-29500}
+MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
+PYTHON=${PYTHON:-python}
+tools=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+PYTHONPATH="$tools/..${PYTHONPATH:+:$PYTHONPATH}" \
+"$PYTHON" -m torch.distributed.run \
+    --nnodes="$NNODES" \
+    --node_rank="$NODE_RANK" \
+    --master_addr="$MASTER_ADDR" \
+    --nproc_per_node="$GPUS" \
+    --master_port="$PORT" \
+    "$tools/train.py" \
+    "$CONFIG" \
+    --launcher pytorch "${@:3}"

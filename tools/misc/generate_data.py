@@ -1,0 +1,35 @@
+"""Write a small synthetic dataset in a real on-disk format (see mmmod.datasets.generate).
+
+    python tools/misc/generate_data.py imagenet data/imagenet
+    python tools/misc/generate_data.py cityscapes data/cityscapes
+    python tools/misc/generate_data.py voc data          # writes data/VOCdevkit
+"""
+import argparse
+import os
+import os.path as osp
+
+from mmmod.datasets.generate import GENERATORS
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(
+        description='Write a small synthetic dataset in the layout the standard OpenMMLab '
+        'dataset class reads (ImageNet, CityscapesDataset, VOCDataset).')
+    parser.add_argument('dataset', choices=sorted(GENERATORS), help='dataset layout')
+    parser.add_argument('out_dir', help='directory to write into (voc: writes OUT_DIR/VOCdevkit)')
+    parser.add_argument('--seed', type=int, default=0, help='seed of the random content')
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
+    data_root = GENERATORS[args.dataset](args.out_dir, seed=args.seed)
+    print(f'Wrote a demo {args.dataset} dataset; use data_root={data_root!r}')
+    for dirpath, _, files in sorted(os.walk(data_root)):
+        if files:
+            n = len(files)
+            print(f'  {osp.relpath(dirpath, data_root)}/: {n} file{"s" * (n != 1)}')
+
+
+if __name__ == '__main__':
+    main()
