@@ -26,8 +26,6 @@ SCOPES_NEEDING_MMCV_OPS = ('mmdet', )
 # encodes masks as RLE; the others dump the raw predictions.
 DUMP_METRIC = {'mmdet': 'DumpDetResults'}
 DEFAULT_DUMP_METRIC = 'DumpResults'
-# How each library's tools/test.py switches its VisualizationHook on and where the painted
-# images go: hook arguments, and the (section, key) that takes the folder.
 # Dataloader settings a library's tools fill in where its configs are silent (mmpretrain's
 # tools/train.py and test.py); the config's own values win.
 DATALOADER_DEFAULTS = {
@@ -35,6 +33,10 @@ DATALOADER_DEFAULTS = {
     dict(pin_memory=True, persistent_workers=True, collate_fn=dict(type='default_collate')),
 }
 DATALOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
+# The dataloaders a run reads: testing a checkpoint must not need the training data on disk.
+RUN_DATALOADERS = {'train': ('train_dataloader', 'val_dataloader'), 'test': ('test_dataloader', )}
+# How each library's tools/test.py switches its VisualizationHook on and where the painted
+# images go: hook arguments, and the (section, key) that takes the folder.
 VISUALIZATION = {
     'mmpretrain': (dict(enable=True), ('default_hooks.visualization', 'out_dir')),
     'mmdet': (dict(draw=True), ('default_hooks.visualization', 'test_out_dir')),
@@ -57,7 +59,7 @@ def _dataloader_defaults(scope, dataloader_cfg) -> dict:
     return defaults
 
 
-def _with_run_dirs(cfg, work_dir, launcher):
+def _with_run_settings(cfg, work_dir, launcher):
     """A copy of ``cfg`` with launcher, work_dir (CLI > config > ./work_dirs/NAME) and the
     library's dataloader defaults set."""
     cfg = copy.deepcopy(cfg)
@@ -94,7 +96,7 @@ def apply_train_args(cfg,
     Returns:
         mmengine.Config: A new config.
     """
-    cfg = _with_run_dirs(cfg, work_dir, launcher)
+    cfg = _with_run_settings(cfg, work_dir, launcher)
     if resume == 'auto':
         cfg.resume = True
         cfg.load_from = None
@@ -171,7 +173,7 @@ def apply_test_args(cfg, checkpoint, *, work_dir=None, out=None, show_dir=None, 
     Returns:
         mmengine.Config: A new config.
     """
-    cfg = _with_run_dirs(cfg, work_dir, launcher)
+    cfg = _with_run_settings(cfg, work_dir, launcher)
     cfg.load_from = checkpoint
     if show_dir is not None:
         cfg = enable_visualization(cfg, show_dir)
@@ -184,24 +186,28 @@ def apply_test_args(cfg, checkpoint, *, work_dir=None, out=None, show_dir=None, 
     return cfg
 
 
-def _check_dataset_paths(cfg) -> None:
+def _check_dataset_paths(cfg, mode) -> None:
     try:
         from mmmod.datasets import check_dataset_paths
-    except ImportError:  # mmmod.datasets provides no path checks yet
+    except ImportError:  # a checkout whose mmmod.datasets has no path checks
         return
+    cfg = copy.deepcopy(cfg)
+    for name in set(DATALOADERS) - set(RUN_DATALOADERS[mode]):
+        cfg[name] = None  # check_dataset_paths skips dataloaders set to None
     check_dataset_paths(cfg)
 
 
-def prepare_environment(cfg):
+def prepare_environment(cfg, mode='train'):
     """Check what the run needs before the Runner is built; return the config to build.
 
-    mmcv's compiled ops for detection configs, the dataset paths (when
-    ``mmmod.datasets.check_dataset_paths`` exists), and the CPU distributed setup of
+    mmcv's compiled ops for detection configs, the data the run reads (``mode`` 'train':
+    train and val dataloaders, 'test': the test dataloader) with
+    ``mmmod.datasets.check_dataset_paths``, and the CPU distributed setup of
     :func:`mmmod.compat.setup_distributed` for ``cfg.launcher``.
     """
     if cfg.get('default_scope') in SCOPES_NEEDING_MMCV_OPS:
         check_mmcv_ops()
-    _check_dataset_paths(cfg)
+    _check_dataset_paths(cfg, mode)
     return setup_distributed(cfg, cfg.get('launcher', 'none'))
 
 
@@ -214,12 +220,12 @@ def build_runner(cfg) -> Runner:
 
 def run_train(cfg) -> Runner:
     """Check the environment, build the runner and train. Returns the runner."""
-    runner = build_runner(prepare_environment(cfg))
+    runner = build_runner(prepare_environment(cfg, 'train'))
     runner.train()
     return runner
 
 
 def run_test(cfg) -> dict:
     """Check the environment, build the runner and test. Returns the metrics."""
-    runner = build_runner(prepare_environment(cfg))
+    runner = build_runner(prepare_environment(cfg, 'test'))
     return runner.test()

@@ -228,6 +228,6 @@ def test_allow_list_excludes_object_and_string_dtypes():
 
 
 def test_allow_unsafe_sets_torch_switch(monkeypatch):
-    monkeypatch.delenv(UNSAFE_LOAD_ENV, raising=False)
+    monkeypatch.setenv(UNSAFE_LOAD_ENV, '0')  # and monkeypatch restores the outer value
     allow_unsafe_checkpoint_loading()
     assert os.environ[UNSAFE_LOAD_ENV] == '1'

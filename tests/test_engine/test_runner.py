@@ -131,20 +131,25 @@ def test_visualization_needs_hook():
 def test_prepare_environment_checks_ops_for_mmdet_only(monkeypatch):
     calls = []
     monkeypatch.setattr(engine_runner, 'check_mmcv_ops', lambda: calls.append('ops'))
-    monkeypatch.setattr(engine_runner, '_check_dataset_paths', lambda cfg: None)
+    monkeypatch.setattr(engine_runner, '_check_dataset_paths', lambda cfg, mode: None)
     prepare_environment(make_cfg('mmpretrain'))
     assert calls == []
     prepare_environment(make_cfg('mmdet'))
     assert calls == ['ops']
 
 
-def test_prepare_environment_checks_dataset_paths(monkeypatch):
+@pytest.mark.parametrize('mode, checked', [
+    ('train', ['train_dataloader', 'val_dataloader']),
+    ('test', ['test_dataloader']),
+])
+def test_prepare_environment_checks_data_the_run_reads(monkeypatch, mode, checked):
     import mmmod.datasets
     seen = []
     monkeypatch.setattr(mmmod.datasets, 'check_dataset_paths', seen.append, raising=False)
-    cfg = make_cfg()
-    assert prepare_environment(cfg) is cfg  # no launcher: nothing to change
-    assert seen == [cfg]
+    loaders = {name: dict(dataset=dict(type='CustomDataset')) for name in engine_runner.DATALOADERS}
+    cfg = make_cfg(**loaders)
+    assert prepare_environment(cfg, mode) is cfg  # no launcher: nothing to change
+    assert [name for name in engine_runner.DATALOADERS if seen[0][name] is not None] == checked
 
 
 def test_mmpretrain_dataloader_defaults():

@@ -1,22 +1,17 @@
-"""Tiny end-to-end runs of ``tools/``: an ImageNet-style folder, an mmpretrain config and
-helper hooks, all written to tmp dirs, plus a runner for the tools as subprocesses."""
+"""Tiny end-to-end runs of ``tools/``: an mmpretrain ResNet-18 config over the session's tiny
+ImageNet (``imagenet_data_root`` in tests/conftest.py) and helper hooks, written to tmp dirs,
+plus a runner for the tools as subprocesses."""
 import os
 import os.path as osp
 import socket
 import subprocess
 import sys
 
-import numpy as np
 import pytest
-from PIL import Image
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TOOLS = osp.join(REPO, 'tools')
 TOOL_TIMEOUT_S = 180
-
-CLASSES = ('cat', 'dog')
-IMAGES_PER_CLASS = 4  # 8 images per split: 4 iterations of batch 2, 2 per rank with 2 ranks
-IMAGE_SIZE = 32
 
 
 def pytest_configure(config):
@@ -24,20 +19,12 @@ def pytest_configure(config):
 
 
 @pytest.fixture(scope='session')
-def tiny_imagenet(tmp_path_factory):
-    """``root/{train,val}/{cat,dog}/*.png``: the layout mmpretrain's CustomDataset reads."""
-    root = tmp_path_factory.mktemp('tiny_imagenet')
-    rng = np.random.default_rng(0)
-    for split in ('train', 'val'):
-        for label, name in enumerate(CLASSES):
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(IMAGES_PER_CLASS):
-                # class 0 dark, class 1 bright: learnable, so accuracy is a real number
-                base = 60 + 120 * label
-                pixels = rng.integers(base - 40, base + 40, (IMAGE_SIZE, IMAGE_SIZE, 3))
-                Image.fromarray(pixels.astype(np.uint8)).save(folder / f'{i}.png')
-    return root
+def imagenet_counts(imagenet_data_root):
+    """``(num_classes, num_val_images)`` of the session's tiny ImageNet (tests/conftest.py)."""
+    root = osp.join(imagenet_data_root, 'train')
+    num_classes = len(os.listdir(root))
+    with open(osp.join(imagenet_data_root, 'meta', 'val.txt')) as f:
+        return num_classes, sum(1 for line in f if line.strip())
 
 
 # Written next to the config and imported through ``custom_imports``; the hooks register
@@ -92,20 +79,18 @@ model = dict(
     backbone=dict(type='ResNet', depth=18, out_indices=(3, ),
                   norm_cfg=dict(type='SyncBN', requires_grad=True)),
     neck=dict(type='GlobalAveragePooling'),
-    head=dict(type='LinearClsHead', num_classes=2, in_channels=512,
+    head=dict(type='LinearClsHead', num_classes={num_classes}, in_channels=512,
               loss=dict(type='CrossEntropyLoss'), topk=(1, )))
-data_preprocessor = dict(num_classes=2, mean=[123.675, 116.28, 103.53],
+data_preprocessor = dict(num_classes={num_classes}, mean=[123.675, 116.28, 103.53],
                          std=[58.395, 57.12, 57.375], to_rgb=True)
 pipeline = [dict(type='LoadImageFromFile'), dict(type='PackInputs')]
 train_dataloader = dict(
     batch_size=2, num_workers=0,
-    dataset=dict(type='CustomDataset', data_root={data_root!r}, data_prefix='train',
-                 pipeline=pipeline),
+    dataset=dict(type='ImageNet', data_root={data_root!r}, split='train', pipeline=pipeline),
     sampler=dict(type='InfiniteSampler', shuffle=True))
 val_dataloader = dict(
     batch_size=2, num_workers=0,
-    dataset=dict(type='CustomDataset', data_root={data_root!r}, data_prefix='val',
-                 pipeline=pipeline),
+    dataset=dict(type='ImageNet', data_root={data_root!r}, split='val', pipeline=pipeline),
     sampler=dict(type='DefaultSampler', shuffle=False))
 val_evaluator = dict(type='Accuracy', topk=(1, ))
 test_dataloader = val_dataloader
@@ -136,7 +121,7 @@ randomness = dict(seed=0)
 
 
 @pytest.fixture(scope='session')
-def write_config(tiny_imagenet):
+def write_config(imagenet_data_root, imagenet_counts):
     """``write_config(directory, max_iters=6, ckpt_interval=2, custom_hooks=[...])`` writes
     the config and its helper hooks into ``directory`` and returns the config's path."""
 
@@ -145,7 +130,8 @@ def write_config(tiny_imagenet):
         path = directory / 'tiny_resnet18_cls.py'
         path.write_text(
             CONFIG.format(
-                data_root=str(tiny_imagenet),
+                data_root=str(imagenet_data_root),
+                num_classes=imagenet_counts[0],
                 max_iters=max_iters,
                 ckpt_interval=ckpt_interval,
                 custom_hooks=list(custom_hooks)))

@@ -14,7 +14,6 @@ import torch
 
 NPROC = 2
 MAX_ITERS = 2
-VAL_IMAGES = 8  # conftest: 2 classes x 4 images
 
 pytestmark = [
     pytest.mark.slow,
@@ -58,7 +57,8 @@ def test_dist_train_two_cpu_processes(dist_run):
     assert (work_dir / f'iter_{MAX_ITERS}.pth').exists()
 
 
-def test_dist_test_two_cpu_processes(dist_run, tmp_path, tool_env, run_tool, free_port):
+def test_dist_test_two_cpu_processes(dist_run, tmp_path, tool_env, run_tool, free_port,
+                                     imagenet_counts):
     config, work_dir, _ = dist_run
     out = tmp_path / 'preds.pkl'
     proc = run_tool(
@@ -72,4 +72,4 @@ def test_dist_test_two_cpu_processes(dist_run, tmp_path, tool_env, run_tool, fre
     assert 'accuracy/top1' in json.loads(open(metrics_files[0]).read())
     # the predictions of both ranks were gathered, each image once
     with open(out, 'rb') as f:
-        assert len(pickle.load(f)) == VAL_IMAGES
+        assert len(pickle.load(f)) == imagenet_counts[1]

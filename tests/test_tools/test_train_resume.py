@@ -19,7 +19,6 @@ import mmmod  # noqa: F401  allow-list for reading the checkpoints here as well
 MAX_ITERS = 6
 CKPT_INTERVAL = 2
 KILL_AT = 4
-VAL_IMAGES = 8  # conftest: 2 classes x 4 images
 
 pytestmark = pytest.mark.slow
 
@@ -59,7 +58,7 @@ def test_resume_continues_from_checkpoint(interrupted_run, tool_env, run_tool):
 
     assert f'resumed epoch: 0, iter: {KILL_AT}' in proc.stdout
     assert _iters_logged(proc.stdout) == list(range(KILL_AT + 1, MAX_ITERS + 1))
-    final = torch.load(work_dir / f'iter_{MAX_ITERS}.pth', map_location='cpu')
+    final = torch.load(work_dir / f'iter_{MAX_ITERS}.pth', map_location='cpu', weights_only=True)
     assert final['meta']['iter'] == MAX_ITERS
     # the resumed run kept the history logged before the kill: the message hub's loss
     # buffer spans all iterations
@@ -67,7 +66,8 @@ def test_resume_continues_from_checkpoint(interrupted_run, tool_env, run_tool):
     assert len(loss_buffer.data[0]) == MAX_ITERS
 
 
-def test_test_tool_evaluates_checkpoint(interrupted_run, tmp_path, tool_env, run_tool):
+def test_test_tool_evaluates_checkpoint(interrupted_run, tmp_path, tool_env, run_tool,
+                                        imagenet_counts):
     config, work_dir = interrupted_run
     test_dir = tmp_path / 'test_dir'
     out = tmp_path / 'preds.pkl'
@@ -82,7 +82,7 @@ def test_test_tool_evaluates_checkpoint(interrupted_run, tmp_path, tool_env, run
         metrics = json.load(f)
     assert 0 <= metrics['accuracy/top1'] <= 100
     with open(out, 'rb') as f:
-        assert len(pickle.load(f)) == VAL_IMAGES
+        assert len(pickle.load(f)) == imagenet_counts[1]
 
 
 def test_test_tool_loads_foreign_pickle_only_when_asked(interrupted_run, tmp_path,
@@ -90,7 +90,7 @@ def test_test_tool_loads_foreign_pickle_only_when_asked(interrupted_run, tmp_pat
     """A checkpoint holding an object mmengine never writes (here a ``datetime.date``) is
     refused by default and loads with ``--unsafe-load-checkpoint``."""
     config, work_dir = interrupted_run
-    ckpt = torch.load(work_dir / f'iter_{KILL_AT}.pth', map_location='cpu')
+    ckpt = torch.load(work_dir / f'iter_{KILL_AT}.pth', map_location='cpu', weights_only=True)
     ckpt['meta']['date'] = datetime.date(2024, 1, 1)
     foreign = tmp_path / 'foreign.pth'
     torch.save(ckpt, foreign)

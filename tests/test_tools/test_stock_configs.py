@@ -1,0 +1,212 @@
+"""The stack end to end: a stock mmpretrain, mmseg and mmdet config, inherited by a user
+config that only points the dataloaders at generated data and shrinks the work, goes through
+``tools/train.py`` and ``tools/test.py`` and its standard metric lands in test.py's json.
+
+The user configs are the overrides any config for 2 CPU cores and local data needs; each
+override says which trap of the stock config it avoids. Two traps hold for all three:
+
+- a child config's ``data_root = ...`` changes nothing inside the ``_base_`` dataloader
+  dicts (they were evaluated in the base file), so every dataset's ``data_root`` is set;
+- lists are replaced, not merged: a pipeline is rewritten whole to change one transform's
+  scale, and so is mmdet's ``ConcatDataset(datasets=[VOC2007, VOC2012])``.
+"""
+import glob
+import json
+import math
+import os.path as osp
+from typing import Dict, NamedTuple, Tuple
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+# One process, both cores (the tools' subprocesses run one at a time).
+THREADS = dict(OMP_NUM_THREADS='2', MKL_NUM_THREADS='2')
+# The stock dataloaders ask for 2-5 workers, persistent; torch refuses persistent workers
+# without workers, so both go.
+NO_WORKERS = 'num_workers=0, persistent_workers=False'
+
+RESNET50_IN1K = f'''
+_base_ = 'mmpretrain::resnet/resnet50_8xb32_in1k.py'
+
+data_root = {{data_root!r}}
+# stock: RandomResizedCrop 224 for training, 224 crops of images resized to 256 for testing
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='RandomResizedCrop', scale=64),
+    dict(type='RandomFlip', prob=0.5, direction='horizontal'),
+    dict(type='PackInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='ResizeEdge', scale=72, edge='short'),
+    dict(type='CenterCrop', crop_size=64),
+    dict(type='PackInputs'),
+]
+train_dataloader = dict(
+    batch_size=2, {NO_WORKERS},
+    dataset=dict(data_root=data_root, pipeline=train_pipeline))
+val_dataloader = dict(
+    batch_size=2, {NO_WORKERS},
+    dataset=dict(data_root=data_root, pipeline=test_pipeline))
+test_dataloader = val_dataloader
+
+train_cfg = dict(max_epochs=1)  # stock: 100; 4 images, 2 iterations, val at the end
+default_hooks = dict(logger=dict(interval=1))  # stock: 100, more than the run has
+'''
+
+FCN_R50_CITYSCAPES = f'''
+_base_ = 'mmseg::fcn/fcn_r50-d8_4xb2-80k_cityscapes-512x1024.py'
+
+data_root = {{data_root!r}}
+crop_size = (64, 128)
+scale = (256, 128)  # (w, h) of the generated images; stock: (2048, 1024)
+model = dict(
+    pretrained=None,  # stock: open-mmlab://resnet50_v1c, a download
+    # stock: the base's crop_size (512, 1024); the model dict was built from it in the base
+    # file, so redefining crop_size here leaves the padding size as it was
+    data_preprocessor=dict(size=crop_size))
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations'),
+    dict(type='RandomResize', scale=scale, ratio_range=(0.5, 2.0), keep_ratio=True),
+    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PhotoMetricDistortion'),
+    dict(type='PackSegInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=scale, keep_ratio=True),
+    dict(type='LoadAnnotations'),
+    dict(type='PackSegInputs'),
+]
+train_dataloader = dict(
+    batch_size=2, {NO_WORKERS},
+    dataset=dict(data_root=data_root, pipeline=train_pipeline))
+val_dataloader = dict(
+    batch_size=1, {NO_WORKERS},
+    dataset=dict(data_root=data_root, pipeline=test_pipeline))
+test_dataloader = val_dataloader
+
+train_cfg = dict(max_iters=2, val_interval=2)  # stock: 80k iterations, val every 8k
+default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=2))
+'''
+
+FASTER_RCNN_VOC0712 = f'''
+_base_ = 'mmdet::pascal_voc/faster-rcnn_r50_fpn_1x_voc0712.py'
+
+data_root = {{data_root!r}}
+scale = (300, 200)  # (w, h) of the generated images; stock: (1000, 600), a 3x upscale here
+model = dict(backbone=dict(init_cfg=None))  # stock: torchvision://resnet50, a download
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True),
+    dict(type='Resize', scale=scale, keep_ratio=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackDetInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=scale, keep_ratio=True),
+    dict(type='LoadAnnotations', with_bbox=True),
+    dict(type='PackDetInputs',
+         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
+]
+trainval = dict(
+    type='VOCDataset',
+    data_root=data_root,
+    filter_cfg=dict(filter_empty_gt=True, min_size=32, bbox_min_size=32),
+    pipeline=train_pipeline)
+train_dataloader = dict(
+    batch_size=2, {NO_WORKERS},
+    dataset=dict(  # RepeatDataset(ConcatDataset([VOC2007, VOC2012]))
+        times=1,  # stock: 3
+        dataset=dict(datasets=[
+            dict(trainval, ann_file='VOC2007/ImageSets/Main/trainval.txt',
+                 data_prefix=dict(sub_data_root='VOC2007/')),
+            dict(trainval, ann_file='VOC2012/ImageSets/Main/trainval.txt',
+                 data_prefix=dict(sub_data_root='VOC2012/')),
+        ])))
+val_dataloader = dict(
+    batch_size=1, {NO_WORKERS},
+    dataset=dict(data_root=data_root, pipeline=test_pipeline))
+test_dataloader = val_dataloader
+
+train_cfg = dict(max_epochs=1)  # stock: 4; 4 images, 2 iterations, val at the end
+default_hooks = dict(logger=dict(interval=1))  # stock: 50
+'''
+
+
+class StockCase(NamedTuple):
+    template: str  # the user config, ``{data_root}`` to fill
+    data_fixture: str  # the conftest fixture that writes the dataset
+    checkpoint: str  # what training leaves as the last checkpoint
+    train_iters: int
+    metrics: Dict[str, Tuple[float, float]]  # test.py's json: key -> valid range
+
+
+CASES = {
+    'mmpretrain-resnet50-in1k':
+    StockCase(RESNET50_IN1K, 'imagenet_data_root', 'epoch_1.pth', 2,
+              {'accuracy/top1': (0, 100), 'accuracy/top5': (0, 100)}),
+    'mmseg-fcn-r50-cityscapes':
+    StockCase(FCN_R50_CITYSCAPES, 'cityscapes_data_root', 'iter_2.pth', 2,
+              {'mIoU': (0, 100), 'aAcc': (0, 100), 'mAcc': (0, 100)}),
+    'mmdet-faster-rcnn-r50-voc0712':
+    StockCase(FASTER_RCNN_VOC0712, 'voc_data_root', 'epoch_1.pth', 2,
+              {'pascal_voc/mAP': (0, 1), 'pascal_voc/AP50': (0, 1)}),
+}
+
+
+def _write_config(directory, case, data_root):
+    path = directory / 'user_config.py'
+    path.write_text(case.template.format(data_root=str(data_root)))
+    return path
+
+
+def _train_losses(work_dir):
+    """The ``loss`` of each logged training iteration, from the run's ``scalars.json``."""
+    scalars = glob.glob(str(work_dir / '*' / 'vis_data' / 'scalars.json'))
+    assert len(scalars) == 1, scalars
+    with open(scalars[0]) as f:
+        records = [json.loads(line) for line in f]
+    return [r['loss'] for r in records if 'loss' in r]
+
+
+@pytest.mark.parametrize('case', CASES.values(), ids=CASES.keys())
+def test_stock_config_trains_and_tests(case, request, tmp_path, tool_env, run_tool):
+    config = _write_config(tmp_path, case, request.getfixturevalue(case.data_fixture))
+    env = tool_env(config, **THREADS)
+    work_dir = tmp_path / 'train'
+
+    train = run_tool(['train.py', config, '--work-dir', work_dir], env)
+    assert train.returncode == 0, train.stdout[-4000:]
+    losses = _train_losses(work_dir)
+    assert len(losses) == case.train_iters  # logger interval 1
+    assert all(math.isfinite(loss) for loss in losses), losses
+    checkpoint = (work_dir / 'last_checkpoint').read_text().strip()
+    assert osp.basename(checkpoint) == case.checkpoint
+
+    test_dir = tmp_path / 'test'
+    test = run_tool(['test.py', config, checkpoint, '--work-dir', test_dir], env)
+    assert test.returncode == 0, test.stdout[-4000:]
+    metrics_files = glob.glob(str(test_dir / '*' / '*.json'))
+    assert len(metrics_files) == 1, metrics_files
+    with open(metrics_files[0]) as f:
+        metrics = json.load(f)
+    for key, (low, high) in case.metrics.items():
+        assert isinstance(metrics.get(key), (int, float)), (key, metrics)
+        assert low <= metrics[key] <= high, (key, metrics)
+
+
+@pytest.mark.parametrize('case', CASES.values(), ids=CASES.keys())
+def test_stock_config_with_missing_data_root_fails(case, tmp_path, tool_env, run_tool):
+    missing = tmp_path / 'no_such_dataset'
+    config = _write_config(tmp_path, case, missing)
+
+    train = run_tool(['train.py', config, '--work-dir', tmp_path / 'train'],
+                     tool_env(config, **THREADS))
+    assert train.returncode != 0
+    assert 'FileNotFoundError' in train.stdout, train.stdout[-4000:]
+    assert f'data_root not found: {missing}' in train.stdout, train.stdout[-4000:]
