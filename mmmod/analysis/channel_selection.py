@@ -66,7 +66,8 @@ def plot_selection_frequencies(counts: Dict[int, np.ndarray], out_file: str,
     if missing:
         raise KeyError(f'no samples of classes {missing}; classes seen: {sorted(counts)}')
     panels = [('all classes', sum(counts.values()))]
-    panels += [(class_names[c] if class_names else f'class {c}', counts[c]) for c in classes]
+    panels += [(class_names[c].split(',')[0] if class_names else f'class {c}', counts[c])
+               for c in classes]  # 'tench, Tinca tinca' -> 'tench'
     fig, axes = plt.subplots(len(panels), 1, figsize=(10, 1.8 * len(panels)), sharex=True,
                              squeeze=False)
     for ax, (name, cnt) in zip(axes[:, 0], panels):

@@ -165,13 +165,13 @@ def _write_config(directory, case, data_root):
     return path
 
 
-def _train_losses(work_dir):
-    """The ``loss`` of each logged training iteration, from the run's ``scalars.json``."""
+def _logged_scalars(work_dir):
+    """The records of the run's ``scalars.json``: one per logged training iteration (with
+    ``loss``) and one per validation (with the metrics)."""
     scalars = glob.glob(str(work_dir / '*' / 'vis_data' / 'scalars.json'))
     assert len(scalars) == 1, scalars
     with open(scalars[0]) as f:
-        records = [json.loads(line) for line in f]
-    return [r['loss'] for r in records if 'loss' in r]
+        return [json.loads(line) for line in f]
 
 
 @pytest.mark.parametrize('case', CASES.values(), ids=CASES.keys())
@@ -182,9 +182,12 @@ def test_stock_config_trains_and_tests(case, request, tmp_path, tool_env, run_to
 
     train = run_tool(['train.py', config, '--work-dir', work_dir], env)
     assert train.returncode == 0, train.stdout[-4000:]
-    losses = _train_losses(work_dir)
+    records = _logged_scalars(work_dir)
+    losses = [r['loss'] for r in records if 'loss' in r]
     assert len(losses) == case.train_iters  # logger interval 1
     assert all(math.isfinite(loss) for loss in losses), losses
+    val_metrics = [r for r in records if all(key in r for key in case.metrics)]
+    assert len(val_metrics) == 1  # validation once, at the end
     checkpoint = (work_dir / 'last_checkpoint').read_text().strip()
     assert osp.basename(checkpoint) == case.checkpoint
 
@@ -198,6 +201,10 @@ def test_stock_config_trains_and_tests(case, request, tmp_path, tool_env, run_to
     for key, (low, high) in case.metrics.items():
         assert isinstance(metrics.get(key), (int, float)), (key, metrics)
         assert low <= metrics[key] <= high, (key, metrics)
+    # test.py evaluated the trained weights: the checkpoint was saved right before the
+    # end-of-training validation, on the same images (test_dataloader = val_dataloader)
+    assert {key: metrics[key] for key in case.metrics} == pytest.approx(
+        {key: val_metrics[0][key] for key in case.metrics}, abs=1e-3)
 
 
 @pytest.mark.parametrize('case', CASES.values(), ids=CASES.keys())
