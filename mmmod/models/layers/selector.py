@@ -71,10 +71,12 @@ class ChannelScorer(nn.Module):
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f'{type(self).__name__} expects (N, {self.in_channels}, H, W) input, '
                              f'got {tuple(x.shape)}')
+        # F.linear on the weights rather than calling the nn.Linear modules: this runs once per
+        # MoD block per forward, and module calls cost more than the tiny matmuls themselves.
         s = x.mean((2, 3))  # (N, C, H, W) -> (N, C)
-        s = self.fc1(s)  # (N, C) -> (N, hidden)
+        s = F.linear(s, self.fc1.weight)  # (N, C) -> (N, hidden)
         if self.fc2 is not None:
-            s = self.fc2(F.relu(s, inplace=True))  # (N, hidden) -> (N, out)
+            s = F.linear(F.relu(s, inplace=True), self.fc2.weight)  # (N, hidden) -> (N, out)
         return torch.sigmoid(s)
 
     def extra_repr(self) -> str:
