@@ -13,7 +13,7 @@ demo: env
 	$(PY) tools/demo.py
 
 test: env
-	$(PY) -m pytest --doctest-modules mmmod tests $(PYTEST_ARGS)
+	$(PY) -m pytest --import-mode=importlib --doctest-modules mmmod tests $(PYTEST_ARGS)
 
 bench: env
 	$(PY) tools/benchmark_mod.py

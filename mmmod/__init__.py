@@ -4,7 +4,7 @@
 backbone, hook and dataset helper in mmengine's root registries (see :mod:`mmmod.registry`) and
 installs the checkpoint-loading shim today's torch needs (see :mod:`mmmod.compat`).
 """
-from . import compat  # noqa: F401  (first: patches torch.load before anything loads weights)
+from . import compat  # noqa: F401  (first: allow-lists mmengine checkpoint types for torch.load)
 from . import models  # noqa: F401
 from .version import __version__
 

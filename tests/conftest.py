@@ -4,6 +4,11 @@ import pytest
 from mmmod.datasets import make_cityscapes, make_imagenet, make_voc
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        'markers', 'slow: end-to-end runs in subprocesses (minutes on 2 CPU cores); CI runs them')
+
+
 @pytest.fixture(scope='session')
 def imagenet_data_root(tmp_path_factory):
     """``data_root`` of an ImageNet: 4 classes, 1 train and 1 val image each, 64x64."""

@@ -41,20 +41,23 @@ PAPER_CPU_SPEEDUPS = {
 
 def build_classifier(name_or_cfg, num_classes: int = 1000) -> nn.Module:
     """An mmpretrain ``ImageClassifier`` around a preset name or a backbone config."""
+    from mmengine.registry import DefaultScope
     from mmpretrain.registry import MODELS
 
     import mmmod  # noqa: F401  registers the backbones
     backbone = copy.deepcopy(PRESETS[name_or_cfg] if isinstance(name_or_cfg, str)
                              else name_or_cfg)
-    # Output width of the last stage, found by building the backbone once.
-    probe = MODELS.build(copy.deepcopy(backbone))
-    probe.eval()  # upstream train() overrides return None: don't chain
-    with torch.no_grad():
-        feat = probe(torch.zeros(1, 3, 64, 64))[-1]
-    return MODELS.build(dict(
-        type='ImageClassifier', backbone=backbone, neck=dict(type='GlobalAveragePooling'),
-        head=dict(type='LinearClsHead', num_classes=num_classes, in_channels=feat.shape[1],
-                  loss=dict(type='CrossEntropyLoss'))))
+    # mmpretrain's scope, whatever scope an earlier Runner left current
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        # Output width of the last stage, found by building the backbone once.
+        probe = MODELS.build(copy.deepcopy(backbone))
+        probe.eval()  # upstream train() overrides return None: don't chain
+        with torch.no_grad():
+            feat = probe(torch.zeros(1, 3, 64, 64))[-1]
+        return MODELS.build(dict(
+            type='ImageClassifier', backbone=backbone, neck=dict(type='GlobalAveragePooling'),
+            head=dict(type='LinearClsHead', num_classes=num_classes,
+                      in_channels=feat.shape[1], loss=dict(type='CrossEntropyLoss'))))
 
 
 def strip_mod_blocks(model: nn.Module) -> nn.Module:

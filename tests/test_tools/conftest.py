@@ -14,10 +14,6 @@ TOOLS = osp.join(REPO, 'tools')
 TOOL_TIMEOUT_S = 180
 
 
-def pytest_configure(config):
-    config.addinivalue_line('markers', 'slow: end-to-end run of a tool in a subprocess')
-
-
 @pytest.fixture(scope='session')
 def imagenet_counts(imagenet_data_root):
     """``(num_classes, num_val_images)`` of the session's tiny ImageNet (tests/conftest.py)."""
