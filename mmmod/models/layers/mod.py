@@ -60,31 +60,66 @@ def gather_channels(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return x.gather(1, idx[:, :, None, None].expand(n, k, h, w))  # (N, C, H, W) -> (N, k, H, W)
 
 
-class _FoldedConvNorm:
-    """Conv weights with an eval-mode BatchNorm folded in, cached until a parameter changes.
+def _inplace_act(act: nn.Module):
+    """The in-place function of a ReLU / ReLU6 module (cheaper than a module call)."""
+    if type(act) is nn.ReLU:
+        return torch.relu_
+    if type(act) is nn.ReLU6:
+        return lambda t: t.clamp_(0.0, 6.0)
+    return act
 
-    The cache key is the ``_version`` counter of every tensor involved, so ``load_state_dict``,
-    optimizer steps or any in-place edit invalidate it.
+
+class _FoldedBranch:
+    """A branch of ``ConvModule`` s run as plain convs with their eval-mode BatchNorm folded in.
+
+    The folded weights are cached; the cache key holds the storage address and ``_version``
+    counter of every parameter and buffer involved, so ``load_state_dict``, optimizer steps,
+    in-place edits, replaced tensors and ``.to()`` conversions rebuild it on the next call.
     """
 
-    def __init__(self):
+    def __init__(self, layers):
+        self.layers = list(layers)  # references to the branch's ConvModules, not copies
         self.key = None
-        self.weight = None
-        self.bias = None
+        self.plan = None
 
-    def get(self, conv: nn.Conv2d, bn: _BatchNorm):
-        tensors = (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
-        key = tuple((id(t), t._version) if t is not None else None for t in tensors)
+    def _tensors(self):
+        for m in self.layers:
+            conv, bn = m.conv, m.norm
+            yield conv._parameters['weight']
+            yield conv._parameters.get('bias')
+            yield bn._parameters.get('weight')
+            yield bn._parameters.get('bias')
+            yield bn._buffers['running_mean']
+            yield bn._buffers['running_var']
+
+    def _build(self):
+        plan = []
+        with torch.no_grad():
+            for m in self.layers:
+                conv, bn = m.conv, m.norm
+                scale = (bn.running_var + bn.eps).rsqrt()
+                if bn.weight is not None:
+                    scale = scale * bn.weight
+                bias = -bn.running_mean * scale
+                if conv.bias is not None:
+                    bias = bias + conv.bias * scale
+                if bn.bias is not None:
+                    bias = bias + bn.bias
+                weight = (conv.weight * scale.reshape(-1, 1, 1, 1)).contiguous()
+                act = _inplace_act(m.activate) if m.with_activation else None
+                plan.append((weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups,
+                             act))
+        return plan
+
+    def __call__(self, xs: torch.Tensor) -> torch.Tensor:
+        key = tuple((t.data_ptr(), t._version) for t in self._tensors() if t is not None)
         if key != self.key:
-            with torch.no_grad():
-                std = (bn.running_var + bn.eps).sqrt()
-                scale = bn.weight / std if bn.weight is not None else 1.0 / std
-                bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-                shift = bn.bias if bn.bias is not None else torch.zeros_like(bn.running_mean)
-                self.weight = (conv.weight * scale.reshape(-1, 1, 1, 1)).contiguous()
-                self.bias = shift + (bias - bn.running_mean) * scale
-            self.key = key
-        return self.weight, self.bias
+            self.plan, self.key = self._build(), key
+        for weight, bias, stride, padding, dilation, groups, act in self.plan:
+            xs = F.conv2d(xs, weight, bias, stride, padding, dilation, groups)
+            if act is not None:
+                xs = act(xs)
+        return xs
 
 
 def _foldable(m: nn.Module) -> bool:
@@ -150,9 +185,8 @@ class MoDBlock(nn.Module):
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else None
         # Set by `record_selections`; a list collecting the (N, k) indices of every forward.
         self.recorder: Optional[List[torch.Tensor]] = None
-        self._folded = ([_FoldedConvNorm() for _ in branch]
-                        if isinstance(branch, nn.Sequential) and all(map(_foldable, branch))
-                        else None)
+        self._folded = (_FoldedBranch(branch) if isinstance(branch, nn.Sequential)
+                        and all(map(_foldable, branch)) else None)
 
     def select(self, x: torch.Tensor):
         """Channel indices (N, k) and their scores (N, k) (None for random selection)."""
@@ -161,15 +195,6 @@ class MoDBlock(nn.Module):
             return idx, None
         scores, idx = self.selector(x).topk(self.k, dim=1)  # (N, C) -> (N, k), (N, k)
         return idx, scores
-
-    def _branch_folded(self, xs: torch.Tensor) -> torch.Tensor:
-        for m, cache in zip(self.branch, self._folded):
-            weight, bias = cache.get(m.conv, m.norm)
-            c = m.conv
-            xs = F.conv2d(xs, weight, bias, c.stride, c.padding, c.dilation, c.groups)
-            if m.with_activation:
-                xs = m.activate(xs)
-        return xs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.channels:
@@ -181,9 +206,10 @@ class MoDBlock(nn.Module):
         xs = gather_channels(x, idx)  # (N, C, H, W) -> (N, k, H, W)
 
         grad = torch.is_grad_enabled()
-        if (not grad and self._folded is not None
-                and not any(m.norm.training for m in self.branch)):
-            y = self._branch_folded(xs)
+        tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()
+        if (not grad and not tracing and self._folded is not None
+                and not any(m.norm.training for m in self._folded.layers)):
+            y = self._folded(xs)  # (N, k, H, W), norms folded into the convs
         else:
             y = self.branch(xs)  # (N, k, H, W)
         if self.drop_path is not None:
@@ -191,8 +217,7 @@ class MoDBlock(nn.Module):
         s = None if scores is None else scores[:, :, None, None]  # (N, k) -> (N, k, 1, 1)
 
         # In place only when autograd will not need x and no tracer records the graph.
-        inplace = not ((grad and x.requires_grad) or torch.jit.is_tracing()
-                       or torch.compiler.is_compiling())
+        inplace = not ((grad and x.requires_grad) or tracing)
         return self._fuse(x, y, s, idx, inplace)
 
     def _fuse(self, x, y, s, idx, inplace: bool) -> torch.Tensor:
