@@ -1,0 +1,5 @@
+# ResNet86-MoD-lk (CNN-MoD paper, Table 1): processed channels are added to the *last* k
+# channels instead of the first k (Sec. 3.3; the paper reports comparable accuracy).
+_base_ = './resnet86-mod_8xb32_in1k.py'
+
+model = dict(backbone=dict(fusion='last'))

@@ -1,0 +1,125 @@
+"""Every config in configs/ loads and builds its full model with its own library's registry
+(under the config's ``default_scope``); one config per task also runs a tiny forward through
+backbone and neck. The model zoo (configs/model-index.yml and the metafiles) lists exactly the
+configs that exist. ``init_weights`` is never called here, so no checkpoint is needed."""
+import glob
+import os.path as osp
+
+import pytest
+import torch
+import yaml
+from mmengine.config import Config
+from mmengine.registry import DefaultScope, init_default_scope
+
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+CONFIGS = osp.join(REPO, 'configs')
+ALL_CONFIGS = sorted(
+    osp.relpath(p, REPO) for p in glob.glob(osp.join(CONFIGS, '**', '*.py'), recursive=True))
+# Paths kept for users and docs; each only inherits the config it names.
+ALIASES = {
+    'configs/fcn_r86mod_cityscapes.py':
+    'configs/cityscapes/fcn_r86-mod-d8_4xb2-80k_cityscapes-512x1024.py',
+}
+# One config per task gets a forward at a tiny input: (config, input (N, C, H, W)).
+FORWARD = {
+    'configs/imagenet/resnet50-mod_8xb32_in1k.py': (1, 3, 32, 32),
+    'configs/cityscapes/fcn_r50-mod-d8_4xb2-80k_cityscapes-512x1024.py': (1, 3, 32, 32),
+    'configs/voc/faster-rcnn_r50-mod_fpn_1x_voc0712.py': (1, 3, 64, 64),
+}
+SCOPES = ('mmpretrain', 'mmseg', 'mmdet')
+
+
+def _models_registry(scope):
+    if scope == 'mmpretrain':
+        from mmpretrain.registry import MODELS
+    elif scope == 'mmseg':
+        from mmseg.registry import MODELS
+    elif scope == 'mmdet':
+        from mmdet.registry import MODELS
+    else:
+        raise AssertionError(f'unexpected default_scope {scope!r}')
+    return MODELS
+
+
+def _build(config):
+    cfg = Config.fromfile(osp.join(REPO, config))
+    init_default_scope(cfg.default_scope)
+    with DefaultScope.overwrite_default_scope(cfg.default_scope):
+        return cfg, _models_registry(cfg.default_scope).build(cfg.model)
+
+
+def test_configs_found():
+    assert len(ALL_CONFIGS) >= 30, ALL_CONFIGS
+    assert set(FORWARD) <= set(ALL_CONFIGS)
+
+
+@pytest.mark.parametrize('config', ALL_CONFIGS)
+def test_config_loads_and_builds(config):
+    cfg, model = _build(config)
+    assert cfg.default_scope in SCOPES
+    assert cfg.custom_imports == dict(imports=['mmmod'], allow_failed_imports=False)
+    backbone = cfg.model.backbone
+    assert type(model.backbone).__name__ == backbone.type
+    if 'MoD' in backbone.type:
+        # downstream MoD backbones start from ImageNet weights of the same architecture
+        if cfg.default_scope != 'mmpretrain':
+            assert backbone.init_cfg.type == 'Pretrained'
+            assert backbone.init_cfg.prefix == 'backbone.'
+            assert cfg.model.get('pretrained') is None  # mmseg would overwrite init_cfg
+            imagenet = osp.basename(osp.dirname(backbone.init_cfg.checkpoint))
+            assert osp.isfile(osp.join(CONFIGS, 'imagenet', imagenet + '.py')), imagenet
+    if config in FORWARD:
+        model.eval()
+        with torch.no_grad():
+            feats = model.extract_feat(torch.rand(FORWARD[config]))
+        assert all(torch.isfinite(f).all() for f in feats)
+
+
+@pytest.mark.parametrize('alias', ALIASES)
+def test_alias_inherits_its_target(alias):
+    alias_cfg = Config.fromfile(osp.join(REPO, alias))
+    target = Config.fromfile(osp.join(REPO, ALIASES[alias]))
+    assert alias_cfg.model.to_dict() == target.model.to_dict()
+    assert alias_cfg.train_cfg.to_dict() == target.train_cfg.to_dict()
+
+
+def test_missing_pretrained_checkpoint_is_a_clear_error(tmp_path):
+    cfg = Config.fromfile(osp.join(REPO, 'configs/voc/faster-rcnn_r50-mod_fpn_1x_voc0712.py'))
+    from mmmod.registry import MODELS
+    backbone_cfg = cfg.model.backbone.to_dict()
+    backbone_cfg.pop('_delete_', None)
+    missing = str(tmp_path / 'work_dirs' / 'resnet50-mod_8xb32_in1k' / 'epoch_100.pth')
+    backbone_cfg['init_cfg']['checkpoint'] = missing
+    backbone = MODELS.build(backbone_cfg)
+    with pytest.raises(FileNotFoundError, match=f'{missing} can not be found'):
+        backbone.init_weights()
+
+
+def _model_zoo():
+    with open(osp.join(CONFIGS, 'model-index.yml')) as f:
+        index = yaml.safe_load(f)
+    models = []
+    for entry in index['Import']:
+        with open(osp.join(CONFIGS, entry)) as f:
+            metafile = yaml.safe_load(f)
+        collections = {c['Name'] for c in metafile['Collections']}
+        for model in metafile['Models']:
+            assert model['In Collection'] in collections, model['Name']
+            models.append(model)
+    return models
+
+
+def test_model_zoo_lists_exactly_the_configs():
+    models = _model_zoo()
+    names = [m['Name'] for m in models]
+    assert len(names) == len(set(names)), 'duplicate model names'
+    listed = [m['Config'] for m in models]
+    assert len(listed) == len(set(listed)), 'a config is listed twice'
+    missing_files = [c for c in listed if not osp.isfile(osp.join(REPO, c))]
+    assert not missing_files, f'listed but not in configs/: {missing_files}'
+    unlisted = set(ALL_CONFIGS) - set(listed) - set(ALIASES)
+    assert not unlisted, f'in configs/ but not in the model zoo: {sorted(unlisted)}'
+    for model in models:
+        assert {'Name', 'In Collection', 'Config', 'Metadata'} <= set(model), model['Name']
+        for result in model.get('Results') or []:
+            assert {'Task', 'Dataset', 'Metrics'} <= set(result), model['Name']
