@@ -14,7 +14,8 @@ def mod_block_names(model: nn.Module) -> List[str]:
 
 @torch.no_grad()
 def selection_counts(model: nn.Module, dataloader, block: str,
-                     max_batches: Optional[int] = None, progress: bool = True) -> Dict[int, np.ndarray]:
+                     max_batches: Optional[int] = None,
+                     progress: bool = True) -> Dict[int, np.ndarray]:
     """Count how often each channel of ``block`` is selected, per ground-truth class.
 
     Args:

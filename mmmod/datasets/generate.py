@@ -290,7 +290,8 @@ def _voc_image(rng: np.random.Generator, size: Tuple[int, int]
     """A (H, W, 3) uint8 image with 1-3 boxes drawn on it, and their objects as
     ``(class_name, (xmin, ymin, xmax, ymax))`` in VOC's 1-based inclusive pixel coordinates."""
     h, w = size
-    top, bottom = rng.uniform(100, 220, size=(2, 3))  # brighter than the outlines  # background gradient colours, (3,) each
+    # background gradient colours, (3,) each, brighter than the outlines
+    top, bottom = rng.uniform(100, 220, size=(2, 3))
     t = np.linspace(0, 1, h)[:, None, None]  # (H, 1, 1)
     background = (1 - t) * top + t * bottom + rng.normal(0, 6, (h, w, 3))  # (H, W, 3)
     img = Image.fromarray(_to_uint8(background))

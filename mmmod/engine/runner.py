@@ -6,17 +6,20 @@ the config's ``default_scope`` selects the library. The config edits live here, 
 that return a new config, so tests can call them without a subprocess.
 """
 import copy
+import os
 import os.path as osp
 
 import torch
+from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from mmmod.compat import check_mmcv_ops, setup_distributed
+from mmmod.compat import allow_unsafe_checkpoint_loading, check_mmcv_ops, setup_distributed
 
 __all__ = [
-    'apply_train_args', 'apply_test_args', 'enable_visualization', 'prepare_environment',
+    'add_common_args', 'load_config', 'apply_train_args', 'apply_test_args',
+    'enable_visualization', 'prepare_environment',
     'build_runner', 'run_train', 'run_test'
 ]
 
@@ -42,6 +45,40 @@ VISUALIZATION = {
     'mmdet': (dict(draw=True), ('default_hooks.visualization', 'test_out_dir')),
     'mmseg': (dict(draw=True), ('visualizer', 'save_dir')),
 }
+
+
+def add_common_args(parser):
+    """The options tools/train.py and tools/test.py share (OpenMMLab's command line)."""
+    parser.add_argument(
+        '--unsafe-load-checkpoint',
+        action='store_true',
+        help='load checkpoints with the full pickle unpickler '
+        '(TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1). Unpickling can run arbitrary code: only for '
+        'trusted legacy checkpoints holding objects beyond what mmengine writes')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override settings of the config, xxx=yyy; lists as key="[a,b]" or key=a,b')
+    parser.add_argument(
+        '--launcher',
+        choices=['none', 'pytorch', 'slurm', 'mpi'],
+        default='none',
+        help='job launcher')
+    # torch.distributed.launch passes --local-rank (torch >= 2.0) or --local_rank.
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    return parser
+
+
+def load_config(args):
+    """The config named by ``args`` (from :func:`add_common_args`), options merged."""
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    if args.unsafe_load_checkpoint:
+        allow_unsafe_checkpoint_loading()
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    return cfg
 
 
 def _default_work_dir(cfg) -> str:

@@ -4,7 +4,6 @@ import textwrap
 
 import numpy as np
 import pytest
-import torch
 from mmengine.config import Config
 from mmengine.registry import DefaultScope
 from mmengine.runner import Runner

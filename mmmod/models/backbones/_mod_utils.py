@@ -1,6 +1,9 @@
-"""What ResNetMoD and MobileNetV2MoD share: where MoD blocks go, and mmseg's ``pretrained``."""
+"""What ResNetMoD and MobileNetV2MoD share: where MoD blocks go, the input check, mmseg's
+``pretrained``."""
 import warnings
 from typing import List, Sequence, Tuple, Union
+
+import torch
 
 MOD_PATTERNS = ('alternate', 'all', 'none')
 
@@ -54,3 +57,23 @@ def pretrained_to_init_cfg(pretrained, init_cfg):
     warnings.warn('pretrained is deprecated, use init_cfg=dict(type="Pretrained", '
                   'checkpoint=...) instead', DeprecationWarning)
     return dict(type='Pretrained', checkpoint=pretrained)
+
+
+class MoDBackboneMixin:
+    """Put before an mmpretrain backbone class: checks the input and makes ``train()`` chainable.
+
+    Subclasses set ``input_channels``. Upstream's ``train()`` re-applies frozen stages and
+    norm_eval but returns None, so ``model.eval()`` could not be chained as in plain PyTorch.
+    """
+
+    input_channels: int = 3
+
+    def forward(self, x: torch.Tensor):
+        if x.dim() != 4 or x.shape[1] != self.input_channels:
+            raise ValueError(f'{type(self).__name__} expects (N, {self.input_channels}, H, W) '
+                             f'input, got {tuple(x.shape)}')
+        return super().forward(x)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        return self

@@ -6,14 +6,14 @@ Stem, standard blocks, ``conv2`` and the backbone contract are mmpretrain's Mobi
 """
 from typing import Sequence, Union
 
-import torch
+import torch  # noqa: F401  (used by the doctest examples)
 import torch.nn as nn
 from mmcv.cnn import ConvModule
 from mmpretrain.models.backbones.mobilenet_v2 import InvertedResidual, MobileNetV2
 
 from mmmod.registry import MODELS
 from ..layers import MoDBlock, num_selected_channels
-from ._mod_utils import mod_block_masks
+from ._mod_utils import MoDBackboneMixin, mod_block_masks
 
 
 def inverted_residual_branch(k: int, expand_ratio: int, conv_cfg=None,
@@ -33,7 +33,7 @@ def inverted_residual_branch(k: int, expand_ratio: int, conv_cfg=None,
 
 
 @MODELS.register_module()
-class MobileNetV2MoD(MobileNetV2):
+class MobileNetV2MoD(MoDBackboneMixin, MobileNetV2):
     """MobileNetV2-MoD backbone.
 
     Args:
@@ -108,13 +108,3 @@ class MobileNetV2MoD(MobileNetV2):
                     act_cfg=self.act_cfg, with_cp=self.with_cp))
             self.in_channels = out_channels  # upstream threads the width through this attribute
         return nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor):
-        if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f'{type(self).__name__} expects (N, 3, H, W) input, '
-                             f'got {tuple(x.shape)}')
-        return super().forward(x)
-
-    def train(self, mode: bool = True):
-        super().train(mode)  # upstream re-applies frozen stages and norm_eval, returns None
-        return self

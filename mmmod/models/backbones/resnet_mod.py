@@ -9,7 +9,7 @@ drop-in for mmpretrain classifiers, mmseg FCN (deep stem, dilated stages) and mm
 """
 from typing import Sequence, Union
 
-import torch
+import torch  # noqa: F401  (used by the doctest examples)
 import torch.nn as nn
 from mmcv.cnn import ConvModule
 from mmengine.model.weight_init import constant_init
@@ -17,7 +17,7 @@ from mmpretrain.models.backbones.resnet import BasicBlock, Bottleneck, ResLayer,
 
 from mmmod.registry import MODELS
 from ..layers import MoDBlock, num_selected_channels
-from ._mod_utils import mod_block_masks, pretrained_to_init_cfg
+from ._mod_utils import MoDBackboneMixin, mod_block_masks, pretrained_to_init_cfg
 
 
 def mod_branch(block: type, k: int, dilation: int = 1, expansion: int = 4, conv_cfg=None,
@@ -43,7 +43,7 @@ def mod_branch(block: type, k: int, dilation: int = 1, expansion: int = 4, conv_
 
 
 @MODELS.register_module()
-class ResNetMoD(ResNet):
+class ResNetMoD(MoDBackboneMixin, ResNet):
     """ResNet-MoD backbone.
 
     Args:
@@ -112,7 +112,7 @@ class ResNetMoD(ResNet):
         self.contract_dilation = contract_dilation
         if pretrained is not None:
             kwargs['init_cfg'] = pretrained_to_init_cfg(pretrained, kwargs.get('init_cfg'))
-        self.in_channels = kwargs.get('in_channels', 3)
+        self.input_channels = kwargs.get('in_channels', 3)
         super().__init__(depth=depth, **kwargs)
         self.mod_c = mod_c
         self.mod_pattern = mod_pattern
@@ -128,7 +128,8 @@ class ResNetMoD(ResNet):
         first_dilation = dilation // 2 if self.contract_dilation and dilation > 1 else dilation
         # Block 0 through upstream's ResLayer, so its downsample (incl. avg_down) is upstream's.
         first = ResLayer(block, 1, in_channels, out_channels, expansion=expansion, stride=stride,
-                         avg_down=avg_down, dilation=first_dilation, drop_path_rate=dpr[:1], **kwargs)[0]
+                         avg_down=avg_down, dilation=first_dilation, drop_path_rate=dpr[:1],
+                         **kwargs)[0]
         blocks = [first]
         for i in range(1, num_blocks):
             if mask[i]:
@@ -154,16 +155,6 @@ class ResNetMoD(ResNet):
             for m in self.modules():
                 if isinstance(m, MoDBlock) and isinstance(m.branch, nn.Sequential):
                     constant_init(m.branch[-1].norm, 0)
-
-    def forward(self, x: torch.Tensor):
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f'{type(self).__name__} expects (N, {self.in_channels}, H, W) '
-                             f'input, got {tuple(x.shape)}')
-        return super().forward(x)
-
-    def train(self, mode: bool = True):
-        super().train(mode)  # upstream re-applies frozen stages and norm_eval, returns None
-        return self
 
 
 @MODELS.register_module()

@@ -81,4 +81,3 @@ class ChannelScorer(nn.Module):
 
     def extra_repr(self) -> str:
         return f'{self.in_channels} -> {self.out_channels}'
-

@@ -1,6 +1,5 @@
 import pytest
 import torch
-import torch.nn as nn
 from mmengine.utils.dl_utils.parrots_wrapper import _BatchNorm
 from mmpretrain.models.backbones import ResNet
 
