@@ -5,6 +5,7 @@ backbone, hook and dataset helper in mmengine's root registries (see :mod:`mmmod
 installs the checkpoint-loading shim today's torch needs (see :mod:`mmmod.compat`).
 """
 from . import compat  # noqa: F401  (first: allow-lists mmengine checkpoint types for torch.load)
+from . import engine  # noqa: F401  (registers the hooks)
 from . import models  # noqa: F401
 from .version import __version__
 

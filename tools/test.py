@@ -1,6 +1,7 @@
 """Evaluate a checkpoint with an mmpretrain, mmseg or mmdet config (``default_scope`` decides).
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out preds.pkl] [--show-dir DIR]
+        [--latency [cpu] [cuda]]
     bash tools/dist_test.sh CONFIG CHECKPOINT NPROC [options]
 
 The metrics are written as json to ``WORK_DIR/TIMESTAMP/TIMESTAMP.json``.
@@ -19,6 +20,12 @@ def parse_args(argv=None):
         '--work-dir', help='the dir to save the file containing evaluation metrics')
     parser.add_argument('--out', help='dump the predictions to a .pkl file')
     parser.add_argument('--show-dir', help='the dir to save painted predictions')
+    parser.add_argument(
+        '--latency',
+        nargs='*',
+        metavar='DEVICE',
+        help='also time inference with LatencyHook on DEVICE(s) (default: cpu); the figures '
+        'go into the metrics json')
     add_common_args(parser)
     return parser.parse_args(argv)
 
@@ -26,6 +33,9 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     cfg = load_config(args)
+    if args.latency is not None:
+        cfg.custom_hooks = [*cfg.get('custom_hooks', []),
+                            dict(type='LatencyHook', devices=tuple(args.latency) or ('cpu', ))]
     cfg = apply_test_args(
         cfg,
         args.checkpoint,
