@@ -122,3 +122,23 @@ def test_imagenet_checkpoint_initialises_downstream_backbone(config, imagenet_ch
     stem = 'stem.0.conv.weight' if 'stem.0.conv.weight' in backbone else 'conv1.weight'
     for key in (stem, selector):
         assert not torch.equal(before[key], backbone[key]), key
+
+
+# What a user writes to try MoD in a config of their own: import mmmod, swap the backbone type.
+USER_SWAP = '''
+custom_imports = dict(imports=['mmmod'], allow_failed_imports=False)
+model = dict(backbone=dict(type='ResNetMoD', depth=50))
+'''
+
+
+def test_users_stock_config_with_only_the_backbone_swapped(request, tmp_path, tool_env,
+                                                          run_tool):
+    """A stock mmpretrain recipe + custom_imports + ``type='ResNetMoD'`` trains and tests,
+    and what it trained is a MoD network."""
+    case = STOCK.CASES['mmpretrain-resnet50-in1k']
+    STOCK.test_stock_config_trains_and_tests(case._replace(template=case.template + USER_SWAP),
+                                             request, tmp_path, tool_env, run_tool)
+    checkpoint = (tmp_path / 'train' / 'last_checkpoint').read_text().strip()
+    state = torch.load(checkpoint, map_location='cpu')['state_dict']
+    assert 'backbone.layer3.1.selector.fc1.weight' in state
+    assert 'backbone.layer3.1.conv1.weight' not in state  # block 1 is a MoD block now

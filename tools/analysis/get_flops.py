@@ -9,6 +9,7 @@ the MoD paper reports numbers for a preset (Table 2), they are printed alongside
 """
 import argparse
 import json
+import os
 import os.path as osp
 
 from mmengine.config import Config, DictAction
@@ -78,6 +79,7 @@ def main(argv=None):
         if result['uncounted']:
             print(f'{"":<24} not counted: {result["uncounted"]}')
     if args.out:
+        os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
         with open(args.out, 'w') as f:
             json.dump(results, f, indent=2)
         print(f'written {args.out}')
