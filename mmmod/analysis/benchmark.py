@@ -126,3 +126,89 @@ def time_interleaved(fns: Dict[str, Callable[[], object]], rounds: int = 10,
 def ratio_stats(num: Timing, den: Timing):
     """Per-round ``num / den`` (e.g. baseline time / model time = speed-up): quartiles."""
     return quartiles([a / b for a, b in zip(num.rounds, den.rounds)])
+
+
+def build_model(spec: str, cpu_norms: bool = True) -> nn.Module:
+    """A preset classifier name (:data:`PRESETS`) or any mmpretrain / mmseg / mmdet config file.
+
+    ``cpu_norms`` turns SyncBN into BN (SyncBN cannot train on CPU); weights stay initial
+    (no ``init_weights``, so no checkpoint is needed).
+    """
+    if spec in PRESETS:
+        return build_classifier(spec)
+    from mmengine.config import Config
+    from mmengine.registry import DefaultScope
+    import mmmod  # noqa: F401
+    from mmmod.compat import revert_sync_bn_cfg
+    cfg = Config.fromfile(spec)
+    scope = cfg.get('default_scope', 'mmpretrain')
+    model_cfg = revert_sync_bn_cfg(cfg.model) if cpu_norms else cfg.model
+    with DefaultScope.overwrite_default_scope(scope):
+        registry = __import__(f'{scope}.registry', fromlist=['MODELS']).MODELS
+        return registry.build(model_cfg)
+
+
+def step_fns(model: nn.Module, device: str, shape, batch_size: int = 1) -> dict:
+    """``{'inference': fn, 'train': fn}`` on a copy of ``model`` moved to ``device``:
+    ``predict`` on a preprocessed random batch, and forward + backward of the ``loss``."""
+    from .batches import random_batch
+    model = copy.deepcopy(model).to(device)
+    batch = random_batch(model, batch_size, shape)
+    model.eval()
+    with torch.no_grad():
+        data = model.data_preprocessor(copy.deepcopy(batch), False)
+        train_data = model.data_preprocessor(copy.deepcopy(batch), True)
+
+    def inference():
+        model.eval()
+        with torch.no_grad():
+            return model(**data, mode='predict')
+
+    def train():
+        model.train()
+        model.zero_grad(set_to_none=True)
+        loss, _ = model.parse_losses(model(**train_data, mode='loss'))
+        loss.backward()
+
+    return dict(inference=inference, train=train)
+
+
+def _status_kib(field: str) -> int:
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith(field + ':'):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _peak_rss_child(spec, device, shape, batch_size, mode, queue):
+    torch.set_num_threads(1)
+    fn = step_fns(build_model(spec), device, shape, batch_size)[mode]
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')  # reset the peak resident set (VmHWM) to the current one
+    before = _status_kib('VmRSS')
+    fn()
+    queue.put((_status_kib('VmHWM') - before) / 1024)  # KiB -> MiB
+
+
+def peak_memory_mb(spec: str, device: str, shape, batch_size: int, mode: str) -> float:
+    """Peak memory of one ``mode`` pass (MiB): on CUDA ``max_memory_allocated``; on CPU how far
+    the resident memory of a fresh process that built the model rises during its first pass
+    (Linux ``VmHWM`` after resetting it, minus ``VmRSS`` before the pass)."""
+    if device.startswith('cuda'):
+        fn = step_fns(build_model(spec), device, shape, batch_size)[mode]
+        fn()  # warm-up, lazy allocations
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() / 2**20
+    import multiprocessing as mp
+    ctx = mp.get_context('spawn')
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_peak_rss_child, args=(spec, device, shape, batch_size, mode, queue))
+    proc.start()
+    proc.join()
+    if proc.exitcode != 0:
+        raise RuntimeError(f'measuring the peak memory of {spec} ({mode}) failed')
+    return queue.get()

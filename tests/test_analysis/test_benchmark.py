@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from mmmod.analysis.benchmark import (Timing, build_classifier, quartiles, ratio_stats,
@@ -66,3 +67,41 @@ def test_benchmark_tool_writes_its_table(tmp_path):
     for key in ('speedup', 'ceiling_speedup', 'ratio_to_ceiling'):
         median, q1, q3 = row[key]
         assert 0 < q1 <= median <= q3
+
+
+def run_benchmark(*args):
+    return subprocess.run([sys.executable, 'tools/benchmark.py', *args], capture_output=True,
+                          text=True, timeout=900)
+
+
+def test_generic_benchmark_tool(tmp_path):
+    out = tmp_path / 'bench.json'
+    proc = run_benchmark('mobilenetv2', 'mobilenetv2-mod', '--shape', '64', '64', '--rounds',
+                         '2', '--min-time', '0.01', '--json', str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(out.read_text())['results']['cpu']
+    for mode in ('inference', 'train'):
+        assert set(res[mode]) == {'mobilenetv2', 'mobilenetv2-mod'}
+        assert res[mode]['mobilenetv2']['speedup'] == [1.0, 1.0, 1.0]  # the baseline
+        assert all(row['ms'] > 0 and row['peak_memory_mb'] >= 0 for row in res[mode].values())
+    # a training step holds activations for backward: it needs more memory than inference
+    assert (res['train']['mobilenetv2']['peak_memory_mb'] >
+            res['inference']['mobilenetv2']['peak_memory_mb'])
+    assert '## train on cpu' in proc.stdout
+
+
+def test_generic_benchmark_tool_on_a_segmentor_config():
+    proc = run_benchmark('configs/cityscapes/fcn_r50-mod-d8_4xb2-80k_cityscapes-512x1024.py',
+                         '--shape', '64', '64', '--rounds', '1', '--min-time', '0.01',
+                         '--no-memory', '--no-train')
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert '| configs/cityscapes/fcn_r50-mod-d8' in proc.stdout
+
+
+@pytest.mark.parametrize('args,match', [
+    (('resnet50', '--baseline', 'resnet101'), "--baseline 'resnet101' is not one of"),
+    (('configs/nope.py', ), 'config file not found: configs/nope.py'),
+])
+def test_generic_benchmark_tool_errors(args, match):
+    proc = run_benchmark(*args)
+    assert proc.returncode != 0 and match in proc.stderr

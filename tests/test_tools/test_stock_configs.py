@@ -192,7 +192,9 @@ def test_stock_config_trains_and_tests(case, request, tmp_path, tool_env, run_to
     assert osp.basename(checkpoint) == case.checkpoint
 
     test_dir = tmp_path / 'test'
-    test = run_tool(['test.py', config, checkpoint, '--work-dir', test_dir], env)
+    # --latency: LatencyHook times batch-1 inference; its figures land in the same json
+    test = run_tool(['test.py', config, checkpoint, '--work-dir', test_dir, '--latency', 'cpu'],
+                    env)
     assert test.returncode == 0, test.stdout[-4000:]
     metrics_files = glob.glob(str(test_dir / '*' / '*.json'))
     assert len(metrics_files) == 1, metrics_files
@@ -201,6 +203,7 @@ def test_stock_config_trains_and_tests(case, request, tmp_path, tool_env, run_to
     for key, (low, high) in case.metrics.items():
         assert isinstance(metrics.get(key), (int, float)), (key, metrics)
         assert low <= metrics[key] <= high, (key, metrics)
+    assert metrics['latency/cpu_ms'] > 0 and metrics['latency/cpu_ms_iqr'] >= 0, metrics
     # test.py evaluated the trained weights: the checkpoint was saved right before the
     # end-of-training validation, on the same images (test_dataloader = val_dataloader)
     assert {key: metrics[key] for key in case.metrics} == pytest.approx(
