@@ -10,8 +10,8 @@ the training step is forward + backward of the ``loss`` on a random batch with g
 Rounds are interleaved (every model once per round, order rotating) and ratios are taken per
 round; reported as median [inter-quartile range]. Devices: CPU, and CUDA when present. Peak
 memory: ``torch.cuda.max_memory_allocated`` on GPU; on CPU how far the resident memory of a
-fresh process that built the model rises during one pass (the model itself not included). For the CNN-MoD zero-cost ceiling see
-``tools/benchmark_mod.py``.
+fresh process that built the model rises during one pass (the model itself not included).
+For the CNN-MoD zero-cost ceiling see ``tools/benchmark_mod.py``.
 """
 import argparse
 import json
