@@ -16,6 +16,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from mmmod.compat import allow_unsafe_checkpoint_loading, check_mmcv_ops, setup_distributed
+from mmmod.datasets import check_dataset_paths
 
 __all__ = [
     'add_common_args', 'load_config', 'apply_train_args', 'apply_test_args',
@@ -224,10 +225,6 @@ def apply_test_args(cfg, checkpoint, *, work_dir=None, out=None, show_dir=None, 
 
 
 def _check_dataset_paths(cfg, mode) -> None:
-    try:
-        from mmmod.datasets import check_dataset_paths
-    except ImportError:  # a checkout whose mmmod.datasets has no path checks
-        return
     cfg = copy.deepcopy(cfg)
     for name in set(DATALOADERS) - set(RUN_DATALOADERS[mode]):
         cfg[name] = None  # check_dataset_paths skips dataloaders set to None
