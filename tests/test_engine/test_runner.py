@@ -143,9 +143,8 @@ def test_prepare_environment_checks_ops_for_mmdet_only(monkeypatch):
     ('test', ['test_dataloader']),
 ])
 def test_prepare_environment_checks_data_the_run_reads(monkeypatch, mode, checked):
-    import mmmod.datasets
     seen = []
-    monkeypatch.setattr(mmmod.datasets, 'check_dataset_paths', seen.append, raising=False)
+    monkeypatch.setattr(engine_runner, 'check_dataset_paths', seen.append)
     loaders = {name: dict(dataset=dict(type='CustomDataset')) for name in engine_runner.DATALOADERS}
     cfg = make_cfg(**loaders)
     assert prepare_environment(cfg, mode) is cfg  # no launcher: nothing to change
