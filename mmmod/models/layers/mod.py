@@ -73,24 +73,33 @@ class _FoldedBranch:
     """A branch of ``ConvModule`` s run as plain convs with their eval-mode BatchNorm folded in.
 
     The folded weights are cached; the cache key holds the storage address and ``_version``
-    counter of every parameter and buffer involved, so ``load_state_dict``, optimizer steps,
-    in-place edits, replaced tensors and ``.to()`` conversions rebuild it on the next call.
+    counter of every parameter and buffer involved (and the norms' eps), so ``load_state_dict``,
+    optimizer steps, in-place edits, replaced tensors and ``.to()`` conversions rebuild it on the
+    next call. For batch size 1, 1x1 stride-1 convs run as one ``addmm`` on (C, H*W) views,
+    which skips the convolution dispatch -- at MoD widths (k = 4..32 channels) that dispatch
+    costs more than the arithmetic.
     """
 
     def __init__(self, layers):
         self.layers = list(layers)  # references to the branch's ConvModules, not copies
+        # (dict, name) of every tensor the folded weights depend on: read afresh on each call,
+        # so a replaced Parameter is seen, but without walking the modules again.
+        self.slots = []
+        for m in self.layers:
+            self.slots += [(m.conv._parameters, 'weight'), (m.conv._parameters, 'bias'),
+                           (m.norm._parameters, 'weight'), (m.norm._parameters, 'bias'),
+                           (m.norm._buffers, 'running_mean'), (m.norm._buffers, 'running_var')]
         self.key = None
         self.plan = None
+        # oneDNN's depthwise conv costs ~40% less on channels_last input at MoD widths, so a
+        # branch with one (MobileNetV2's) keeps its batch-1 maps channels_last throughout.
+        self.channels_last = any(m.conv.groups > 1 for m in self.layers)
 
-    def _tensors(self):
-        for m in self.layers:
-            conv, bn = m.conv, m.norm
-            yield conv._parameters['weight']
-            yield conv._parameters.get('bias')
-            yield bn._parameters.get('weight')
-            yield bn._parameters.get('bias')
-            yield bn._buffers['running_mean']
-            yield bn._buffers['running_var']
+    def _key(self):
+        key = [None if t is None else (t.data_ptr(), t._version)
+               for t in [d.get(name) for d, name in self.slots]]
+        key.append(tuple(m.norm.eps for m in self.layers))
+        return key
 
     def _build(self):
         plan = []
@@ -107,19 +116,57 @@ class _FoldedBranch:
                     bias = bias + bn.bias
                 weight = (conv.weight * scale.reshape(-1, 1, 1, 1)).contiguous()
                 act = _inplace_act(m.activate) if m.with_activation else None
-                plan.append((weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups,
-                             act))
+                pointwise = (conv.kernel_size == (1, 1) and conv.stride == (1, 1)
+                             and conv.padding == (0, 0) and conv.groups == 1)
+                matrix = weight.flatten(1) if pointwise else None  # (out, in, 1, 1) -> (out, in)
+                plan.append((weight, bias, matrix, conv.stride, conv.padding,
+                             conv.dilation, conv.groups, act))
         return plan
 
-    def __call__(self, xs: torch.Tensor) -> torch.Tensor:
-        key = tuple((t.data_ptr(), t._version) for t in self._tensors() if t is not None)
+    def refresh(self):
+        """Rebuild the folded weights if any tensor they depend on changed."""
+        key = self._key()
         if key != self.key:
             self.plan, self.key = self._build(), key
-        for weight, bias, stride, padding, dilation, groups, act in self.plan:
-            xs = F.conv2d(xs, weight, bias, stride, padding, dilation, groups)
-            if act is not None:
-                xs = act(xs)
+
+    def __call__(self, xs: torch.Tensor) -> torch.Tensor:
+        """xs (N, k, H, W) -> (N, k', H', W'); the caller ran :meth:`refresh`."""
+        if xs.shape[0] != 1:
+            for weight, bias, _, stride, padding, dilation, groups, act in self.plan:
+                xs = F.conv2d(xs, weight, bias, stride, padding, dilation, groups)
+                xs = xs if act is None else act(xs)
+            return xs
+        for weight, bias, matrix, stride, padding, dilation, groups, act in self.plan:
+            if matrix is not None:
+                xs = _pointwise(xs, matrix, bias, self.channels_last)
+            else:
+                xs = F.conv2d(xs, weight, bias, stride, padding, dilation, groups)
+            xs = xs if act is None else act(xs)
         return xs
+
+
+def _pointwise(x: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor,
+               channels_last: bool) -> torch.Tensor:
+    """A 1x1 conv of a batch-1 map as one ``addmm``, reading either memory layout.
+
+    x (1, C, H, W), contiguous or channels_last; matrix (C', C); bias (C',).
+    Returns (1, C', H, W), channels_last if ``channels_last`` else contiguous.
+    """
+    _, c, h, w = x.shape
+    if x.is_contiguous():
+        rows = x.view(c, h * w).t()  # (1, C, H, W) -> (HW, C), a transposed view
+    else:
+        rows = x.permute(0, 2, 3, 1).reshape(h * w, c)  # channels_last -> (HW, C), a view
+    if channels_last:
+        out = torch.addmm(bias, rows, matrix.t())  # (HW, C) @ (C, C') -> (HW, C')
+        return out.view(1, h, w, -1).permute(0, 3, 1, 2)  # (HW, C') -> (1, C', H, W) CL
+    out = torch.addmm(bias[:, None], matrix, rows.t())  # (C', C) @ (C, HW) -> (C', HW)
+    return out.view(1, -1, h, w)  # (C', HW) -> (1, C', H, W)
+
+
+def _has_hooks(m: nn.Module) -> bool:
+    """Whether calling ``m`` would run forward hooks (then the fast path calls the module)."""
+    return bool(m._forward_hooks or m._forward_pre_hooks)
 
 
 def _foldable(m: nn.Module) -> bool:
@@ -200,25 +247,41 @@ class MoDBlock(nn.Module):
         if x.dim() != 4 or x.shape[1] != self.channels:
             raise ValueError(f'MoDBlock expects (N, {self.channels}, H, W) input, '
                              f'got {tuple(x.shape)}')
+        tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()
+        if (self._folded is not None and not torch.is_grad_enabled() and not tracing
+                and not any(m.norm.training for m in self._folded.layers)
+                and (self.drop_path is None or not self.drop_path.training)):
+            return self._forward_folded(x)
+
         idx, scores = self.select(x)  # (N, k), (N, k)
         if self.recorder is not None:
             self.recorder.append(idx.detach().cpu())
         xs = gather_channels(x, idx)  # (N, C, H, W) -> (N, k, H, W)
-
-        grad = torch.is_grad_enabled()
-        tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()
-        if (not grad and not tracing and self._folded is not None
-                and not any(m.norm.training for m in self._folded.layers)):
-            y = self._folded(xs)  # (N, k, H, W), norms folded into the convs
-        else:
-            y = self.branch(xs)  # (N, k, H, W)
+        y = self.branch(xs)  # (N, k, H, W)
         if self.drop_path is not None:
             y = self.drop_path(y)
         s = None if scores is None else scores[:, :, None, None]  # (N, k) -> (N, k, 1, 1)
-
         # In place only when autograd will not need x and no tracer records the graph.
-        inplace = not ((grad and x.requires_grad) or tracing)
+        inplace = not ((torch.is_grad_enabled() and x.requires_grad) or tracing)
         return self._fuse(x, y, s, idx, inplace)
+
+    def _forward_folded(self, x: torch.Tensor) -> torch.Tensor:
+        """Inference without autograd: the same result as :meth:`forward` with fewer launches.
+
+        Norms folded into the branch convs, the selector as plain functions (no module calls),
+        the fusion in place into ``x``. Each MoD block is ~10 small ops; at batch 1 their
+        dispatch cost is what a MoD network loses to its zero-cost ceiling.
+        """
+        self._folded.refresh()
+        if self.selector is not None and not _has_hooks(self.selector):
+            scores, idx = self.selector.scores(x).topk(self.k, dim=1)  # (N, C) -> (N, k), (N, k)
+        else:
+            idx, scores = self.select(x)  # (N, k), (N, k)
+        if self.recorder is not None:
+            self.recorder.append(idx.cpu())
+        y = self._folded(gather_channels(x, idx))  # (N, k, H, W) -> (N, k, H, W)
+        s = None if scores is None else scores[:, :, None, None]  # (N, k) -> (N, k, 1, 1)
+        return self._fuse(x, y, s, idx, inplace=True)
 
     def _fuse(self, x, y, s, idx, inplace: bool) -> torch.Tensor:
         """x (N, C, H, W) + y * s (N, k, H, W) at the fusion positions."""

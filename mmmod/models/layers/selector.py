@@ -71,13 +71,20 @@ class ChannelScorer(nn.Module):
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f'{type(self).__name__} expects (N, {self.in_channels}, H, W) input, '
                              f'got {tuple(x.shape)}')
-        # F.linear on the weights rather than calling the nn.Linear modules: this runs once per
-        # MoD block per forward, and module calls cost more than the tiny matmuls themselves.
+        return self.scores(x)
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` without the input check, for callers that checked already.
+
+        F.linear on the weights rather than calling the nn.Linear modules: this runs once per
+        block per forward, and module calls cost more than the tiny matmuls themselves.
+        """
         s = x.mean((2, 3))  # (N, C, H, W) -> (N, C)
         s = F.linear(s, self.fc1.weight)  # (N, C) -> (N, hidden)
         if self.fc2 is not None:
-            s = F.linear(F.relu(s, inplace=True), self.fc2.weight)  # (N, hidden) -> (N, out)
-        return torch.sigmoid(s)
+            s = F.linear(s.relu_(), self.fc2.weight)  # (N, hidden) -> (N, out)
+        # A fresh tensor from F.linear, so sigmoid can be in place, unless autograd needs it.
+        return torch.sigmoid(s) if s.requires_grad else s.sigmoid_()
 
     def extra_repr(self) -> str:
         return f'{self.in_channels} -> {self.out_channels}'

@@ -18,6 +18,18 @@ def make_branch(k, dilation=1):
         ConvModule(mid, k, 1, norm_cfg=bn, act_cfg=None))
 
 
+def make_inverted_branch(k, t=6):
+    """A MobileNetV2-like slim branch k -> t*k (dw 3x3) -> k ending in a BN."""
+    bn, act = dict(type='BN'), dict(type='ReLU6')
+    return nn.Sequential(
+        ConvModule(k, t * k, 1, norm_cfg=bn, act_cfg=act),  # pw
+        ConvModule(t * k, t * k, 3, padding=1, groups=t * k, norm_cfg=bn, act_cfg=act),  # dw
+        ConvModule(t * k, k, 1, norm_cfg=bn, act_cfg=None))  # pw-linear
+
+
+BRANCHES = dict(bottleneck=make_branch, inverted=make_inverted_branch)
+
+
 def randomize_bn(module, seed=0):
     """Non-trivial BN statistics and affine params, so folding errors would show."""
     g = torch.Generator().manual_seed(seed)
@@ -81,11 +93,12 @@ def test_gather_channels_matches_indexing():
     assert torch.equal(gather_channels(x[:1], idx[:1]), x[:1, idx[0]])
 
 
+@pytest.mark.parametrize('branch', list(BRANCHES))
 @pytest.mark.parametrize('fusion', ['first', 'last', 'original'])
 @pytest.mark.parametrize('batch', [1, 3])
-def test_mod_block_matches_reference(fusion, batch):
+def test_mod_block_matches_reference(fusion, batch, branch):
     torch.manual_seed(0)
-    block = MoDBlock(64, 8, make_branch(8), fusion=fusion, selector_reduction=16)
+    block = MoDBlock(64, 8, BRANCHES[branch](8), fusion=fusion, selector_reduction=16)
     randomize_bn(block)
     x = torch.randn(batch, 64, 6, 6)
     block.eval()
@@ -216,3 +229,22 @@ def test_record_selections():
     with torch.no_grad():
         model(x.clone())
     assert len(sel['0']) == 2 and model[0].recorder is None
+
+
+def test_inference_path_skips_module_calls_but_honours_selector_hooks():
+    torch.manual_seed(0)
+    block = MoDBlock(32, 4, make_branch(4)).eval()
+    randomize_bn(block)
+    calls = []
+    block.branch.register_forward_hook(lambda *_: calls.append('branch'))
+    x = torch.randn(1, 32, 5, 5)
+    with torch.no_grad():
+        fast = block(x.clone())
+    assert calls == [], 'no-grad eval runs the folded branch, not the modules'
+    seen = []
+    block.selector.register_forward_hook(lambda m, i, o: seen.append(o.clone()))
+    with torch.no_grad():
+        hooked = block(x.clone())
+    assert len(seen) == 1 and seen[0].shape == (1, 32), 'a hooked selector is called as a module'
+    torch.testing.assert_close(hooked, fast)
+    torch.testing.assert_close(fast, reference_mod(block, x), rtol=1e-4, atol=1e-4)
