@@ -27,6 +27,8 @@ setup(
     long_description_content_type='text/markdown',
     packages=find_packages(exclude=('configs', 'tools', 'tests')),
     include_package_data=True,
+    # C++ sources of the operators compiled on first use (mmmod/ops)
+    package_data={'mmmod': ['ops/csrc/*.cpp']},
     python_requires='>=3.9',
     install_requires=parse_requirements('torch.txt') + parse_requirements('mminstall.txt')
     + parse_requirements('runtime.txt'),

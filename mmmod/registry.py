@@ -13,6 +13,7 @@ The alternative, a child registry with scope ``'mmmod'``, would force users to w
 searched. mmmod's names are prefixed/unique (``ResNetMoD``, ``LatencyHook``, ...) so they never
 shadow a downstream name.
 """
-from mmengine.registry import DATASETS, HOOKS, METRICS, MODELS, TRANSFORMS
+from mmengine.registry import (DATASETS, HOOKS, METRICS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS,
+                               TRANSFORMS)
 
-__all__ = ['MODELS', 'HOOKS', 'DATASETS', 'METRICS', 'TRANSFORMS']
+__all__ = ['MODELS', 'HOOKS', 'DATASETS', 'METRICS', 'TRANSFORMS', 'OPTIM_WRAPPER_CONSTRUCTORS']

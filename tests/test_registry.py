@@ -8,6 +8,7 @@ from mmengine.registry import DefaultScope
 from mmengine.registry import MODELS as ROOT_MODELS
 
 import mmmod
+from mmmod.analysis.pruning import gated_channel_cfg
 from mmmod.models import backbones
 
 SCOPES = ['mmpretrain', 'mmseg', 'mmdet']
@@ -15,7 +16,20 @@ BACKBONES = {
     'ResNetMoD': dict(depth=18),
     'ResNetV1cMoD': dict(depth=18),
     'MobileNetV2MoD': dict(arch='MoD'),
+    'ResNetPiX': dict(depth=50),
+    'ResNetV1cPiX': dict(depth=50),
+    'GatedResNet': dict(depth=18),
+    'GatedResNetV1c': dict(depth=18),
+    'GatedMobileNetV2': dict(),
 }
+# Pruned backbones need a channel config: the export of a freshly built data-independent gated
+# network (its gates start ~98% on, so every channel is kept).
+_CHANNELS_R18 = gated_channel_cfg(backbones.GatedResNet(depth=18, gate_type='independent'))
+BACKBONES.update(
+    PrunedResNet=dict(depth=18, channel_cfg=_CHANNELS_R18),
+    PrunedResNetV1c=dict(depth=18, channel_cfg=_CHANNELS_R18),
+    PrunedMobileNetV2=dict(channel_cfg=gated_channel_cfg(
+        backbones.GatedMobileNetV2(gate_type='independent'))))
 
 
 def scope_registry(scope):

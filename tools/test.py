@@ -1,7 +1,7 @@
 """Evaluate a checkpoint with an mmpretrain, mmseg or mmdet config (``default_scope`` decides).
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out preds.pkl] [--show-dir DIR]
-        [--latency [cpu] [cuda]]
+        [--latency [cpu] [cuda]] [--tta]
     bash tools/dist_test.sh CONFIG CHECKPOINT NPROC [options]
 
 The metrics are written as json to ``WORK_DIR/TIMESTAMP/TIMESTAMP.json``.
@@ -26,6 +26,10 @@ def parse_args(argv=None):
         metavar='DEVICE',
         help='also time inference with LatencyHook on DEVICE(s) (default: cpu); the figures '
         'go into the metrics json')
+    parser.add_argument(
+        '--tta', action='store_true',
+        help="test-time augmentation: the config's tta_model around its model, tta_pipeline "
+        'as the test pipeline (e.g. an ensemble of stochastic gated passes)')
     add_common_args(parser)
     return parser.parse_args(argv)
 
@@ -42,7 +46,8 @@ def main(argv=None):
         work_dir=args.work_dir,
         out=args.out,
         show_dir=args.show_dir,
-        launcher=args.launcher)
+        launcher=args.launcher,
+        tta=args.tta)
     run_test(cfg)
 
 

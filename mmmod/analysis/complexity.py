@@ -184,3 +184,154 @@ def compare_with_paper(name: str, result: dict) -> Optional[dict]:
     return dict(mmac=mmac, paper_mmac=paper_mmac, mmac_rel_diff=mmac / paper_mmac - 1,
                 params_m=params, paper_params_m=paper_params,
                 params_rel_diff=params / paper_params - 1)
+
+
+# -- gated backbones: expected MACs per image over real inputs ------------------------------------
+def _gated_block_names(module: nn.Module):
+    from mmmod.models.layers.gumbel_gate import GatedBlockMixin
+    return [name for name, m in module.named_modules() if isinstance(m, GatedBlockMixin)]
+
+
+def ungated_macs(model: nn.Module,
+                 shape: Sequence[int],
+                 convention: str = 'paper',
+                 in_channels: int = 3,
+                 data_samples=None) -> int:
+    """MACs of everything in ``model`` outside its gated blocks (stem, un-gated layers, neck,
+    heads) on one (1, in_channels, H, W) input, traced by mmengine's FlopAnalyzer (the gated
+    blocks -- gate networks included -- are traced too and their modules' totals subtracted)."""
+    from mmengine.analysis import FlopAnalyzer
+    from mmengine.analysis.jit_handles import elementwise_flop_counter
+    from mmengine.model import BaseModel
+
+    if convention not in CONVENTIONS:
+        raise ValueError(f'convention must be one of {list(CONVENTIONS)}, got {convention!r}')
+    model = copy.deepcopy(model).eval()
+    traced = _TensorForward(model, data_samples) if isinstance(model, BaseModel) else model
+    analyzer = FlopAnalyzer(traced, inputs=(torch.zeros(1, in_channels, *shape), ))
+    if convention == 'paper':
+        for op in ACTIVATION_OPS:
+            analyzer.set_op_handle(op, elementwise_flop_counter(0, 1))
+    analyzer.unsupported_ops_warnings(False)
+    analyzer.uncalled_modules_warnings(False)
+    analyzer.tracer_warnings('none')
+    with torch.no_grad():
+        by_module = analyzer.by_module()
+    blocks = _gated_block_names(traced)
+    return int(by_module[''] - sum(by_module[name] for name in blocks))
+
+
+def gated_complexity(model: nn.Module,
+                     batches,
+                     num_images: Optional[int] = None,
+                     convention: str = 'paper',
+                     gate_mode: Optional[str] = None,
+                     tau: Optional[float] = None,
+                     det_meta: bool = False) -> dict:
+    """Expected MACs per image of a model with a gated backbone, averaged over real inputs.
+
+    The gates decide per image (data-dependent gates) which channels run, so the cost is an
+    expectation over inputs (Herrmann et al., S1.4):
+
+    - gated blocks: each block's :meth:`flops` from the active channel counts of its gates on
+      that image (conv MACs of the physically smaller block);
+    - gate networks: each block's :meth:`gate_flops` (average pool as H*W*C plus the per-gate
+      FC layers; 0 for data-independent gates, whose thresholded logits are constants),
+      reported separately and included in ``macs``;
+    - everything else: :func:`ungated_macs` (mmengine's FlopAnalyzer, ``convention``), traced
+      once per input size.
+
+    Inside the gated blocks only convolutions are counted (their BN / ReLU / additions are not),
+    as in the paper's FLOPs calculation; ``full_macs`` counts the same way with every gate on,
+    so ``macs / full_macs`` is the saving.
+
+    Args:
+        model (nn.Module): an OpenMMLab ``BaseModel`` with a gated backbone (not modified: a
+            deep copy runs in eval mode).
+        batches (Iterable[dict]): collated test batches (``inputs``, ``data_samples``).
+        num_images (int, optional): stop after this many images; None: all batches.
+        convention (str): for the un-gated part, see :func:`complexity`.
+        gate_mode (str, optional), tau (float, optional): inference mode of the gates; None
+            keeps the model's (the config's ``gate_mode``, default threshold 0.5).
+        det_meta (bool): give the tracer mmdet data samples (detectors).
+
+    Returns:
+        dict: per image means ``macs``, ``ungated_macs``, ``gated_macs``, ``gate_net_macs``,
+        ``full_macs``, ``gated_full_macs``; ``macs_min`` / ``macs_max`` over images,
+        ``ratio`` (macs / full_macs), ``num_images``, ``shapes`` seen, ``gate_mode``, ``tau``,
+        ``gate_rate`` (mean gate over images) and ``params``.
+    """
+    from mmengine.analysis import parameter_count
+
+    from mmmod.engine.gated_model import find_gated_backbone
+    from mmmod.models.layers.gumbel_gate import iter_gated_blocks
+
+    model = copy.deepcopy(model).eval()
+    backbone = find_gated_backbone(model)
+    if gate_mode is not None or tau is not None:
+        backbone.set_gate_mode(gate_mode or backbone.gate_mode, tau)
+    blocks = [block for _, block in iter_gated_blocks(backbone)]
+    ungated_cache: Dict[Tuple[int, int], int] = {}
+    rows = []  # per image: (ungated, gated, gate_net, gated_full, rate)
+    with torch.no_grad():
+        for batch in batches:
+            data = model.data_preprocessor(batch, False)
+            inputs = data['inputs']  # (N, C, H, W), normalised and padded as the model sees it
+            shape = tuple(int(s) for s in inputs.shape[2:])
+            if shape not in ungated_cache:
+                samples = _det_data_samples(shape) if det_meta else None
+                ungated_cache[shape] = ungated_macs(model, shape, convention,
+                                                    inputs.shape[1], samples)
+            backbone(inputs)
+            gated = sum(b.flops(b.active_counts()) for b in blocks)  # (N,)
+            gate_net = sum(b.gate_flops() for b in blocks)
+            full = sum(b.full_flops() for b in blocks)
+            z = torch.cat([r.z for r in backbone.gate_records()], 1)  # (N, G) learned gates
+            for i in range(inputs.shape[0]):
+                rows.append((ungated_cache[shape], float(gated[i]), gate_net, full,
+                             float(z[i].mean())))
+                if num_images is not None and len(rows) == num_images:
+                    break
+            if num_images is not None and len(rows) >= num_images:
+                break
+    if not rows:
+        raise ValueError('gated_complexity: no images in the batches')
+    table = torch.tensor(rows, dtype=torch.float64)  # (images, 5)
+    ungated, gated, gate_net, gated_full, rate = table.mean(0).tolist()
+    per_image = table[:, 0] + table[:, 1] + table[:, 2]  # (images,)
+    macs = ungated + gated + gate_net
+    full_macs = ungated + gated_full
+    return dict(
+        macs=macs, macs_min=float(per_image.min()), macs_max=float(per_image.max()),
+        ungated_macs=ungated, gated_macs=gated, gate_net_macs=gate_net,
+        gated_full_macs=gated_full, full_macs=full_macs, ratio=macs / full_macs,
+        gate_rate=rate, num_images=len(rows), shapes=[list(s) for s in ungated_cache],
+        gate_mode=backbone.gate_mode, tau=backbone.gate_tau, convention=convention,
+        params=int(parameter_count(model)['']))
+
+
+def has_gated_backbone(model: nn.Module) -> bool:
+    from mmmod.engine.gated_model import find_gated_backbone
+    return find_gated_backbone(model, required=False) is not None
+
+
+def config_gated_complexity(cfg, num_images: int = 8, convention: str = 'paper',
+                            gate_mode: Optional[str] = None, tau: Optional[float] = None,
+                            checkpoint: Optional[str] = None) -> dict:
+    """:func:`gated_complexity` of a config's model (weights from ``checkpoint`` if given)
+    over the first ``num_images`` images of its test dataloader."""
+    from mmengine.registry import DefaultScope
+    from mmengine.runner import Runner, load_checkpoint
+
+    model = model_from_config(cfg)
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint, map_location='cpu')
+    scope = cfg.get('default_scope', 'mmengine')
+    loader_cfg = copy.deepcopy(cfg.test_dataloader)
+    loader_cfg.update(num_workers=0, persistent_workers=False)
+    with DefaultScope.overwrite_default_scope(scope):
+        dataloader = Runner.build_dataloader(loader_cfg)
+        result = gated_complexity(model, dataloader, num_images, convention, gate_mode, tau,
+                                  det_meta=scope == 'mmdet')
+    result['checkpoint'] = checkpoint
+    return result

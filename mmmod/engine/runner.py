@@ -197,7 +197,8 @@ def _with_dump_metric(evaluator_cfg, dump_cfg):
     return [evaluator_cfg, dump_cfg]
 
 
-def apply_test_args(cfg, checkpoint, *, work_dir=None, out=None, show_dir=None, launcher='none'):
+def apply_test_args(cfg, checkpoint, *, work_dir=None, out=None, show_dir=None, launcher='none',
+                    tta=False):
     """The test config after ``tools/test.py``'s options.
 
     Args:
@@ -207,12 +208,21 @@ def apply_test_args(cfg, checkpoint, *, work_dir=None, out=None, show_dir=None, 
         out (str, optional): A ``.pkl`` file to dump the raw predictions into.
         show_dir (str, optional): Folder for painted predictions.
         launcher (str): ``none``, ``pytorch``, ``slurm`` or ``mpi``.
+        tta (bool): test-time augmentation as mmpretrain/mmseg/mmdet do it: the config's
+            ``tta_model`` wraps its model and ``tta_pipeline`` replaces the test pipeline.
 
     Returns:
         mmengine.Config: A new config.
     """
     cfg = _with_run_settings(cfg, work_dir, launcher)
     cfg.load_from = checkpoint
+    if tta:
+        missing = [key for key in ('tta_model', 'tta_pipeline') if cfg.get(key) is None]
+        if missing:
+            raise ValueError(f'--tta needs {" and ".join(missing)} in the config (see the '
+                             f'configs/gating/resnet50-gate-dep-t05-ens5 config for an example)')
+        cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+        cfg.model = dict(cfg.tta_model, module=cfg.model)
     if show_dir is not None:
         cfg = enable_visualization(cfg, show_dir)
     if out is not None:

@@ -25,6 +25,12 @@ FORWARD = {
     'configs/imagenet/resnet50-mod_8xb32_in1k.py': (1, 3, 32, 32),
     'configs/cityscapes/fcn_r50-mod-d8_4xb2-80k_cityscapes-512x1024.py': (1, 3, 32, 32),
     'configs/voc/faster-rcnn_r50-mod_fpn_1x_voc0712.py': (1, 3, 64, 64),
+    'configs/pix/resnet50-pix_8xb32_in1k.py': (1, 3, 32, 32),
+    'configs/pix/fcn_r50-pix-d8_4xb2-80k_cityscapes-512x1024.py': (1, 3, 32, 32),
+    'configs/pix/faster-rcnn_r50-pix_fpn_1x_voc0712.py': (1, 3, 64, 64),
+    'configs/gating/resnet50-gate-ind-t05-pruned_8xb32_in1k.py': (1, 3, 32, 32),
+    'configs/gating/fcn_r50-gate-ind-t05-pruned-d8_4xb2-80k_cityscapes-512x1024.py': (1, 3, 32, 32),
+    'configs/gating/faster-rcnn_r50-gate-ind-t05-pruned_fpn_1x_voc0712.py': (1, 3, 64, 64),
 }
 SCOPES = ('mmpretrain', 'mmseg', 'mmdet')
 
@@ -41,8 +47,25 @@ def _models_registry(scope):
     return MODELS
 
 
+def _exported_channel_cfg(backbone):
+    """Pruned backbones read the channel JSON tools/export_pruned.py writes from a trained
+    gated model; here it is exported from a gated network of the same depth whose independent
+    gate logits are random (seed 0), so some groups of every position are off."""
+    from mmmod.analysis.pruning import gated_channel_cfg
+    from mmmod.models.backbones import GatedResNet
+    assert str(backbone.channel_cfg).endswith('_channels.json'), backbone.channel_cfg
+    gated = GatedResNet(depth=backbone.depth, gate_type='independent')
+    generator = torch.Generator().manual_seed(0)
+    for name, param in gated.named_parameters():
+        if name.endswith('gate.logits'):
+            param.data.normal_(generator=generator)
+    return gated_channel_cfg(gated)
+
+
 def _build(config):
     cfg = Config.fromfile(osp.join(REPO, config))
+    if str(cfg.model.get('backbone', {}).get('type')).startswith('Pruned'):
+        cfg.model.backbone.channel_cfg = _exported_channel_cfg(cfg.model.backbone)
     init_default_scope(cfg.default_scope)
     with DefaultScope.overwrite_default_scope(cfg.default_scope):
         return cfg, _models_registry(cfg.default_scope).build(cfg.model)

@@ -32,6 +32,7 @@ from mmcv.cnn import ConvModule
 from mmcv.cnn.bricks import DropPath
 from mmengine.utils.dl_utils.parrots_wrapper import _BatchNorm
 
+from mmmod.ops import load_cpp_ops
 from .selector import ChannelScorer
 
 FUSIONS = ('first', 'last', 'original')
@@ -82,23 +83,41 @@ class _FoldedBranch:
 
     def __init__(self, layers):
         self.layers = list(layers)  # references to the branch's ConvModules, not copies
-        # (dict, name) of every tensor the folded weights depend on: read afresh on each call,
-        # so a replaced Parameter is seen, but without walking the modules again.
-        self.slots = []
-        for m in self.layers:
-            self.slots += [(m.conv._parameters, 'weight'), (m.conv._parameters, 'bias'),
-                           (m.norm._parameters, 'weight'), (m.norm._parameters, 'bias'),
-                           (m.norm._buffers, 'running_mean'), (m.norm._buffers, 'running_var')]
+        # (ConvModule, child name) of every conv and norm: a child replaced later (e.g. SyncBN
+        # reverted to BN) is noticed by identity. Module attribute lookups cost ~1 us each, so
+        # the children and their tensor slots are cached and re-bound only when one changes.
+        self.children = [(m, name) for m in self.layers for name in ('conv', m.norm_name)]
+        self.bound = None
         self.key = None
         self.plan = None
+        self.cpp_args = None
         # oneDNN's depthwise conv costs ~40% less on channels_last input at MoD widths, so a
         # branch with one (MobileNetV2's) keeps its batch-1 maps channels_last throughout.
         self.channels_last = any(m.conv.groups > 1 for m in self.layers)
+        self.bind()
+
+    def bind(self) -> None:
+        """Follow replaced conv / norm children (cheap when nothing changed)."""
+        mods = [m._modules[name] for m, name in self.children]
+        if mods == self.bound:
+            return
+        self.bound, self.key = mods, None
+        self.norms = mods[1::2]
+        self.slots = []  # (dict, name) of every tensor the folded weights depend on
+        for conv, norm in zip(mods[0::2], mods[1::2]):
+            self.slots += [(conv._parameters, 'weight'), (conv._parameters, 'bias'),
+                           (norm._parameters, 'weight'), (norm._parameters, 'bias'),
+                           (norm._buffers, 'running_mean'), (norm._buffers, 'running_var')]
+
+    def frozen(self) -> bool:
+        """Whether every norm uses running statistics, i.e. folding is exact."""
+        self.bind()
+        return not any(norm.training for norm in self.norms)
 
     def _key(self):
         key = [None if t is None else (t.data_ptr(), t._version)
                for t in [d.get(name) for d, name in self.slots]]
-        key.append(tuple(m.norm.eps for m in self.layers))
+        key.append(tuple(norm.eps for norm in self.norms))
         return key
 
     def _build(self):
@@ -121,7 +140,23 @@ class _FoldedBranch:
                 matrix = weight.flatten(1) if pointwise else None  # (out, in, 1, 1) -> (out, in)
                 plan.append((weight, bias, matrix, conv.stride, conv.padding,
                              conv.dilation, conv.groups, act))
+        self.cpp_args = self._cpp_args(plan)
         return plan
+
+    def _cpp_args(self, plan):
+        """The plan as arguments of ``torch.ops.mmmod_mod.branch_fuse_`` (None if it has a
+        layer the kernel does not take: non-square stride/padding/dilation, other activations)."""
+        acts = []
+        for m in self.layers:
+            act = type(m.activate) if m.with_activation else None
+            if act not in _CPP_ACTS:
+                return None
+            acts.append(_CPP_ACTS[act])
+        for _, _, _, *geometry, _, _ in plan:  # stride, padding, dilation: square int pairs only
+            if any(not isinstance(v, tuple) or len(set(v)) != 1 for v in geometry):
+                return None
+        return ([p[0] for p in plan], [p[1] for p in plan], [p[3][0] for p in plan],
+                [p[4][0] for p in plan], [p[5][0] for p in plan], [p[6] for p in plan], acts)
 
     def refresh(self):
         """Rebuild the folded weights if any tensor they depend on changed."""
@@ -162,6 +197,10 @@ def _pointwise(x: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor,
         return out.view(1, h, w, -1).permute(0, 3, 1, 2)  # (HW, C') -> (1, C', H, W) CL
     out = torch.addmm(bias[:, None], matrix, rows.t())  # (C', C) @ (C, HW) -> (C', HW)
     return out.view(1, -1, h, w)  # (C', HW) -> (1, C', H, W)
+
+
+# Activation codes of mmmod/ops/csrc/mod.cpp.
+_CPP_ACTS = {None: 0, nn.ReLU: 1, nn.ReLU6: 2}
 
 
 def _has_hooks(m: nn.Module) -> bool:
@@ -249,7 +288,7 @@ class MoDBlock(nn.Module):
                              f'got {tuple(x.shape)}')
         tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()
         if (self._folded is not None and not torch.is_grad_enabled() and not tracing
-                and not any(m.norm.training for m in self._folded.layers)
+                and self._folded.frozen()
                 and (self.drop_path is None or not self.drop_path.training)):
             return self._forward_folded(x)
 
@@ -279,6 +318,11 @@ class MoDBlock(nn.Module):
             idx, scores = self.select(x)  # (N, k), (N, k)
         if self.recorder is not None:
             self.recorder.append(idx.cpu())
+        cpp = self._folded.cpp_args
+        if cpp is not None and x.is_contiguous() and x.device.type == 'cpu' and load_cpp_ops('mod'):
+            offset = dict(first=0, last=self.channels - self.k, original=-1)[self.fusion]
+            # gather + branch + scaled fusion into x in one call (mmmod/ops/csrc/mod.cpp)
+            return torch.ops.mmmod_mod.branch_fuse_(x, idx, scores, *cpp, offset)
         y = self._folded(gather_channels(x, idx))  # (N, k, H, W) -> (N, k, H, W)
         s = None if scores is None else scores[:, :, None, None]  # (N, k) -> (N, k, 1, 1)
         return self._fuse(x, y, s, idx, inplace=True)

@@ -4,8 +4,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmcv.cnn import ConvModule
 
+import mmmod.models.layers.mod as mod_module
 from mmmod.models.layers import (ChannelScorer, MoDBlock, gather_channels, num_selected_channels,
                                  record_selections)
+from mmmod.ops import load_cpp_ops
 
 
 def make_branch(k, dilation=1):
@@ -93,10 +95,21 @@ def test_gather_channels_matches_indexing():
     assert torch.equal(gather_channels(x[:1], idx[:1]), x[:1, idx[0]])
 
 
+@pytest.fixture(params=['cpp', 'python'])
+def inference_impl(request, monkeypatch):
+    """Run the no-grad inference path with the C++ kernel or with its PyTorch fallback."""
+    if request.param == 'cpp':
+        if not load_cpp_ops('mod'):
+            pytest.skip('the mmmod_mod C++ operator could not be compiled here')
+    else:
+        monkeypatch.setattr(mod_module, 'load_cpp_ops', lambda name: False)
+    return request.param
+
+
 @pytest.mark.parametrize('branch', list(BRANCHES))
 @pytest.mark.parametrize('fusion', ['first', 'last', 'original'])
 @pytest.mark.parametrize('batch', [1, 3])
-def test_mod_block_matches_reference(fusion, batch, branch):
+def test_mod_block_matches_reference(fusion, batch, branch, inference_impl):
     torch.manual_seed(0)
     block = MoDBlock(64, 8, BRANCHES[branch](8), fusion=fusion, selector_reduction=16)
     randomize_bn(block)
@@ -248,3 +261,29 @@ def test_inference_path_skips_module_calls_but_honours_selector_hooks():
     assert len(seen) == 1 and seen[0].shape == (1, 32), 'a hooked selector is called as a module'
     torch.testing.assert_close(hooked, fast)
     torch.testing.assert_close(fast, reference_mod(block, x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('dilation', [2, 4])
+def test_dilated_branch_matches_reference(dilation, inference_impl):
+    torch.manual_seed(0)
+    block = MoDBlock(64, 8, make_branch(8, dilation), selector_reduction=16).eval()
+    randomize_bn(block)
+    x = torch.randn(1, 64, 9, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x.clone()), reference_mod(block, x), rtol=1e-4,
+                                   atol=1e-4)
+
+
+def test_folded_cache_follows_a_replaced_norm(inference_impl):
+    torch.manual_seed(0)
+    block = MoDBlock(32, 4, make_branch(4)).eval()
+    randomize_bn(block, seed=1)
+    x = torch.randn(1, 32, 5, 5)
+    with torch.no_grad():
+        block(x.clone())  # builds the cache
+        conv_module = block.branch[1]
+        new_bn = nn.BatchNorm2d(conv_module.norm.num_features).eval()
+        setattr(conv_module, conv_module.norm_name, new_bn)  # as SyncBN -> BN conversion does
+        randomize_bn(new_bn, seed=5)
+        torch.testing.assert_close(block(x.clone()), reference_mod(block, x), rtol=1e-4,
+                                   atol=1e-4)

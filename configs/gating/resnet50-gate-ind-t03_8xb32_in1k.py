@@ -1,0 +1,5 @@
+# GatedResNet-50, data-independent gates (pruning), target rate t = 0.3 (Herrmann et al.,
+# Fig. 4b); the t = 0.5 config's recipe otherwise.
+_base_ = './resnet50-gate-ind-t05_8xb32_in1k.py'
+
+model = dict(backbone=dict(gate_loss=dict(target=0.3)))

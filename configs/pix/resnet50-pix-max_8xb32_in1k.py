@@ -1,0 +1,5 @@
+# ResNet-50 + PiX(Max) (Pick-or-Mix paper, Table 1 E0 ablation): every group picks (Max), no
+# mixing. Recipe: see resnet50-pix_8xb32_in1k.py.
+_base_ = './resnet50-pix_8xb32_in1k.py'
+
+model = dict(backbone=dict(mode='max'))

@@ -1,0 +1,3 @@
+from .gate_losses import BatchActivationLoss, FLOPsActivationLoss
+
+__all__ = ['BatchActivationLoss', 'FLOPsActivationLoss']
