@@ -165,3 +165,17 @@ def test_mmpretrain_dataloader_defaults():
 def test_other_libraries_dataloaders_untouched():
     loader = dict(batch_size=2, num_workers=2)
     assert apply_train_args(make_cfg('mmdet', train_dataloader=loader)).train_dataloader == loader
+
+
+def test_test_args_tta_wraps_the_model_and_swaps_the_pipeline():
+    cfg = make_cfg()
+    cfg.test_dataloader = dict(dataset=dict(type='ImageNet', pipeline=[dict(type='A')]))
+    cfg.tta_model = dict(type='AverageClsScoreTTA')
+    cfg.tta_pipeline = [dict(type='LoadImageFromFile'), dict(type='TestTimeAug', transforms=[])]
+    before = frozen(cfg)
+    new = apply_test_args(cfg, 'c.pth', tta=True)
+    assert new.model == dict(type='AverageClsScoreTTA', module=dict(type='ImageClassifier'))
+    assert new.test_dataloader.dataset.pipeline == cfg.tta_pipeline
+    assert frozen(cfg) == before
+    with pytest.raises(ValueError, match='--tta needs tta_model and tta_pipeline'):
+        apply_test_args(make_cfg(), 'c.pth', tta=True)
