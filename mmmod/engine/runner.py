@@ -272,4 +272,18 @@ def run_train(cfg) -> Runner:
 def run_test(cfg) -> dict:
     """Check the environment, build the runner and test. Returns the metrics."""
     runner = build_runner(prepare_environment(cfg, 'test'))
+    _metrics_json_on_rank0_only(runner)
     return runner.test()
+
+
+def _metrics_json_on_rank0_only(runner) -> None:
+    """mmengine 0.10.7's LoggerHook dumps the test metrics json on every rank, to the same
+    file (the timestamp is broadcast): two ranks writing it at once can leave it corrupt.
+    The metrics are gathered already, so the other ranks skip that step."""
+    from mmengine.dist import is_main_process
+    from mmengine.hooks import LoggerHook
+    if is_main_process():
+        return
+    for hook in runner.hooks:
+        if isinstance(hook, LoggerHook):
+            hook.after_test_epoch = lambda runner, metrics=None: None

@@ -2,11 +2,13 @@
 
 The C++ sources ship inside the package (``mmmod/ops/csrc``) and register torch operators
 (``torch.ops.<namespace>.<name>``), so ``torch.jit.trace`` and mmengine's FLOP analyzer see the
-call. They are compiled once per torch version into ``~/.cache/mmmod/torch_extensions``
-(``MMMOD_CACHE`` moves it); torch's JIT loader recompiles when a source changes. Without a
+call. They are compiled once per torch version and checkout into
+``~/.cache/mmmod/torch_extensions`` (``MMMOD_CACHE`` moves it); torch's JIT loader recompiles
+when a source changes. Without a
 compiler (or with ``MMMOD_NO_CPP_OPS=1``) :func:`load_cpp_ops` warns once and returns False; the
 callers then run their pure-PyTorch implementations.
 """
+import hashlib
 import os
 import os.path as osp
 import sys
@@ -20,9 +22,12 @@ _LOADED: Dict[str, bool] = {}
 
 
 def extension_dir() -> str:
-    """Where compiled operators are cached: per Python and torch version (ABI)."""
+    """Where compiled operators are cached: per Python and torch version (ABI) and per mmmod
+    checkout -- the build commands name the source and include paths, so two checkouts (or
+    environments) sharing one folder would rebuild over each other's libraries."""
     root = os.environ.get('MMMOD_CACHE', osp.join(osp.expanduser('~'), '.cache', 'mmmod'))
-    tag = f'py{sys.version_info.major}{sys.version_info.minor}-torch{torch.__version__}'
+    where = hashlib.sha1(f'{CSRC}|{torch.__file__}'.encode()).hexdigest()[:8]
+    tag = f'py{sys.version_info.major}{sys.version_info.minor}-torch{torch.__version__}-{where}'
     return osp.join(root, 'torch_extensions', tag)
 
 

@@ -58,6 +58,9 @@ def tiny_cfg(data_root, work_dir, custom_hooks=(), max_epochs=2, gate_type='depe
         env_cfg=dict(cudnn_benchmark=False, dist_cfg=dict(backend='gloo')),
         randomness=dict(seed=0),
         work_dir=str(work_dir),
+        # unique per test: mmengine shares the Visualizer of runners with the same experiment
+        # name, which defaults to the second the runner was built in
+        experiment_name=f'gate-hooks-{osp.basename(str(work_dir))}',
         log_level='WARNING')
 
 

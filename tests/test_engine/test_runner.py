@@ -179,3 +179,26 @@ def test_test_args_tta_wraps_the_model_and_swaps_the_pipeline():
     assert frozen(cfg) == before
     with pytest.raises(ValueError, match='--tta needs tta_model and tta_pipeline'):
         apply_test_args(make_cfg(), 'c.pth', tta=True)
+
+
+def test_only_rank0_writes_the_test_metrics_json(monkeypatch):
+    """mmengine's LoggerHook dumps the metrics json on every rank, into the same file."""
+    from types import SimpleNamespace
+
+    import mmengine.dist
+    from mmengine.hooks import LoggerHook
+
+    from mmmod.engine import runner as runner_module
+    calls = []
+    hook = LoggerHook()
+    monkeypatch.setattr(LoggerHook, 'after_test_epoch',
+                        lambda self, runner, metrics=None: calls.append(metrics))
+    fake_runner = SimpleNamespace(hooks=[hook])
+    monkeypatch.setattr(mmengine.dist, 'is_main_process', lambda: True)
+    runner_module._metrics_json_on_rank0_only(fake_runner)
+    hook.after_test_epoch(fake_runner, {'a': 1})
+    assert calls == [{'a': 1}], 'rank 0 keeps the dump'
+    monkeypatch.setattr(mmengine.dist, 'is_main_process', lambda: False)
+    runner_module._metrics_json_on_rank0_only(fake_runner)
+    hook.after_test_epoch(fake_runner, {'a': 2})
+    assert calls == [{'a': 1}], 'other ranks skip it'
