@@ -118,3 +118,30 @@ def test_annealing_then_bn_recalibration(imagenet_data_root, tmp_path, tool_env,
     metrics = _test_metrics(tmp_path / 'test')
     assert 0 <= metrics['accuracy/top1'] <= 100
     _check_gate_metrics(metrics)
+
+
+def test_ensemble_config_averages_stochastic_passes(imagenet_data_root, tmp_path):
+    """The ensemble config through tools/test.py's --tta transformation: every image runs the
+    5 identical branches with stochastic gates, and the TTA wrapper averages their scores."""
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+
+    from mmmod.engine import find_gated_backbone
+    from mmmod.engine.runner import apply_test_args
+    config = osp.join(REPO, 'configs/gating/resnet50-gate-dep-t05-ens5_8xb32_in1k.py')
+    cfg = Config.fromfile(config)
+    cfg = apply_test_args(cfg, None, work_dir=str(tmp_path), tta=True)
+    cfg.load_from = None  # no checkpoint: random weights are enough to exercise the passes
+    cfg.test_dataloader.update(batch_size=1, num_workers=0, persistent_workers=False)
+    cfg.test_dataloader.dataset.data_root = str(imagenet_data_root)
+    cfg.experiment_name = f'ens5-{tmp_path.name}'
+    runner = Runner.from_cfg(cfg)
+    assert type(runner.model).__name__ == 'AverageClsScoreTTA'
+    backbone = find_gated_backbone(runner.model)
+    assert backbone.gate_mode == 'stochastic'
+    rates = []  # activation rate of every backbone forward
+    backbone.register_forward_hook(lambda m, a, o: rates.append(m.gate_stats['gate_rate']))
+    metrics = runner.test()
+    assert 'accuracy/top1' in metrics and 'gate/rate' in metrics
+    assert len(rates) == 4 * 5, 'one forward per image and pass'
+    assert len(set(rates)) > 1, 'stochastic gates: the passes differ'
