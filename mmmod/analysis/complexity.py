@@ -60,6 +60,24 @@ def _det_data_samples(shape: Sequence[int], batch: int = 1):
     return [DetDataSample(metainfo=meta) for _ in range(batch)]
 
 
+def _flop_analyzer(model: nn.Module, shape, convention: str, in_channels: int, data_samples):
+    """mmengine's FlopAnalyzer on one zero (1, in_channels, H, W) input, quiet, with the
+    ``'paper'`` convention's activation counting; returns ``(analyzer, traced module)``."""
+    from mmengine.analysis import FlopAnalyzer
+    from mmengine.analysis.jit_handles import elementwise_flop_counter
+    from mmengine.model import BaseModel
+
+    traced = _TensorForward(model, data_samples) if isinstance(model, BaseModel) else model
+    analyzer = FlopAnalyzer(traced, inputs=(torch.zeros(1, in_channels, *shape), ))
+    if convention == 'paper':
+        for op in ACTIVATION_OPS:
+            analyzer.set_op_handle(op, elementwise_flop_counter(0, 1))
+    analyzer.unsupported_ops_warnings(False)
+    analyzer.uncalled_modules_warnings(False)
+    analyzer.tracer_warnings('none')
+    return analyzer, traced
+
+
 def complexity(model: nn.Module,
                shape: Sequence[int] = DEFAULT_SHAPE,
                convention: str = 'paper',
@@ -80,9 +98,7 @@ def complexity(model: nn.Module,
         dict: ``macs`` (int), ``params`` (int), ``shape`` [H, W], ``convention``,
         ``by_operator`` (op -> MACs) and ``uncounted`` (op -> occurrences the analyzer skipped).
     """
-    from mmengine.analysis import FlopAnalyzer, parameter_count
-    from mmengine.analysis.jit_handles import elementwise_flop_counter
-    from mmengine.model import BaseModel
+    from mmengine.analysis import parameter_count
 
     if convention not in CONVENTIONS:
         raise ValueError(f'convention must be one of {list(CONVENTIONS)}, got {convention!r}')
@@ -90,15 +106,7 @@ def complexity(model: nn.Module,
         raise ValueError(f'shape must be (H, W) with positive sizes, got {tuple(shape)}')
     model = copy.deepcopy(model).eval()
     params = parameter_count(model)['']
-    traced = _TensorForward(model, data_samples) if isinstance(model, BaseModel) else model
-    inputs = torch.zeros(1, in_channels, *shape)
-    analyzer = FlopAnalyzer(traced, inputs=(inputs, ))
-    if convention == 'paper':
-        for op in ACTIVATION_OPS:
-            analyzer.set_op_handle(op, elementwise_flop_counter(0, 1))
-    analyzer.unsupported_ops_warnings(False)
-    analyzer.uncalled_modules_warnings(False)
-    analyzer.tracer_warnings('none')
+    analyzer, _ = _flop_analyzer(model, shape, convention, in_channels, data_samples)
     with torch.no_grad():
         macs = analyzer.total()
     return dict(
@@ -200,21 +208,10 @@ def ungated_macs(model: nn.Module,
     """MACs of everything in ``model`` outside its gated blocks (stem, un-gated layers, neck,
     heads) on one (1, in_channels, H, W) input, traced by mmengine's FlopAnalyzer (the gated
     blocks -- gate networks included -- are traced too and their modules' totals subtracted)."""
-    from mmengine.analysis import FlopAnalyzer
-    from mmengine.analysis.jit_handles import elementwise_flop_counter
-    from mmengine.model import BaseModel
-
     if convention not in CONVENTIONS:
         raise ValueError(f'convention must be one of {list(CONVENTIONS)}, got {convention!r}')
     model = copy.deepcopy(model).eval()
-    traced = _TensorForward(model, data_samples) if isinstance(model, BaseModel) else model
-    analyzer = FlopAnalyzer(traced, inputs=(torch.zeros(1, in_channels, *shape), ))
-    if convention == 'paper':
-        for op in ACTIVATION_OPS:
-            analyzer.set_op_handle(op, elementwise_flop_counter(0, 1))
-    analyzer.unsupported_ops_warnings(False)
-    analyzer.uncalled_modules_warnings(False)
-    analyzer.tracer_warnings('none')
+    analyzer, traced = _flop_analyzer(model, shape, convention, in_channels, data_samples)
     with torch.no_grad():
         by_module = analyzer.by_module()
     blocks = _gated_block_names(traced)

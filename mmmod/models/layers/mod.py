@@ -271,6 +271,9 @@ class MoDBlock(nn.Module):
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else None
         # Set by `record_selections`; a list collecting the (N, k) indices of every forward.
         self.recorder: Optional[List[torch.Tensor]] = None
+        # where mod.cpp adds the k processed channels: a fixed start channel, or -1 = back to
+        # the selected positions
+        self._fusion_offset = dict(first=0, last=channels - k, original=-1)[fusion]
         self._folded = (_FoldedBranch(branch) if isinstance(branch, nn.Sequential)
                         and all(map(_foldable, branch)) else None)
 
@@ -320,9 +323,8 @@ class MoDBlock(nn.Module):
             self.recorder.append(idx.cpu())
         cpp = self._folded.cpp_args
         if cpp is not None and x.is_contiguous() and x.device.type == 'cpu' and load_cpp_ops('mod'):
-            offset = dict(first=0, last=self.channels - self.k, original=-1)[self.fusion]
             # gather + branch + scaled fusion into x in one call (mmmod/ops/csrc/mod.cpp)
-            return torch.ops.mmmod_mod.branch_fuse_(x, idx, scores, *cpp, offset)
+            return torch.ops.mmmod_mod.branch_fuse_(x, idx, scores, *cpp, self._fusion_offset)
         y = self._folded(gather_channels(x, idx))  # (N, k, H, W) -> (N, k, H, W)
         s = None if scores is None else scores[:, :, None, None]  # (N, k) -> (N, k, 1, 1)
         return self._fuse(x, y, s, idx, inplace=True)
