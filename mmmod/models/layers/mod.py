@@ -32,7 +32,7 @@ from mmcv.cnn import ConvModule
 from mmcv.cnn.bricks import DropPath
 from mmengine.utils.dl_utils.parrots_wrapper import _BatchNorm
 
-from mmmod.ops import load_cpp_ops
+from mmmod.ops import cpp_module
 from .selector import ChannelScorer
 
 FUSIONS = ('first', 'last', 'original')
@@ -59,6 +59,29 @@ def gather_channels(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         return x.index_select(1, idx[0])  # (1, C, H, W) -> (1, k, H, W)
     k = idx.shape[1]
     return x.gather(1, idx[:, :, None, None].expand(n, k, h, w))  # (N, C, H, W) -> (N, k, H, W)
+
+
+def top_channels(scores: torch.Tensor, k: int):
+    """The k highest scores per sample, in descending order, ties to the lower channel index.
+
+    ``torch.topk`` leaves the order of tied scores unspecified (it changes with the batch size),
+    and ties are common: when the selector's ReLU zeroes every hidden unit, all C scores are
+    exactly 0.5. A stable sort makes the choice deterministic and the same in every path
+    (training, the PyTorch inference path, the compiled operator). Graphs being traced or
+    exported get ``topk``, which exporters map to ONNX TopK -- whose ties go to the lower index
+    too -- as ONNX has no stable sort.
+
+    Args:
+        scores (Tensor): (N, C).
+        k (int): channels to keep.
+
+    Returns:
+        tuple[Tensor, Tensor]: scores (N, k) and channel indices (N, k).
+    """
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return scores.topk(k, dim=1)  # (N, C) -> (N, k), (N, k)
+    values, idx = scores.sort(dim=1, descending=True, stable=True)  # (N, C), (N, C)
+    return values[:, :k], idx[:, :k]
 
 
 def _inplace_act(act: nn.Module):
@@ -90,7 +113,6 @@ class _FoldedBranch:
         self.bound = None
         self.key = None
         self.plan = None
-        self.cpp_args = None
         # oneDNN's depthwise conv costs ~40% less on channels_last input at MoD widths, so a
         # branch with one (MobileNetV2's) keeps its batch-1 maps channels_last throughout.
         self.channels_last = any(m.conv.groups > 1 for m in self.layers)
@@ -108,6 +130,32 @@ class _FoldedBranch:
             self.slots += [(conv._parameters, 'weight'), (conv._parameters, 'bias'),
                            (norm._parameters, 'weight'), (norm._parameters, 'bias'),
                            (norm._buffers, 'running_mean'), (norm._buffers, 'running_var')]
+        self.cpp_static = self._cpp_static()
+
+    def _cpp_static(self):
+        """The layers' geometry as arguments of ``mod_block_`` of ``mmmod/ops/csrc/mod.cpp``:
+        strides, paddings, dilations, groups, activations (None if a layer does not fit the
+        kernel: stride other than 1, non-square padding or dilation, other activations)."""
+        acts, geometry = [], []
+        for m in self.layers:
+            act = type(m.activate) if m.with_activation else None
+            if act not in _CPP_ACTS:
+                return None
+            acts.append(_CPP_ACTS[act])
+            conv = m.conv
+            values = (conv.stride, conv.padding, conv.dilation)
+            if any(not isinstance(v, tuple) or len(set(v)) != 1 for v in values) or \
+                    conv.stride[0] != 1:
+                return None
+            geometry.append([v[0] for v in values] + [conv.groups])
+        strides, paddings, dilations, groups = map(list, zip(*geometry))
+        return strides, paddings, dilations, groups, acts
+
+    def cpp_tensors(self):
+        """The tensors the C++ operator reads -- per layer conv weight, conv bias, norm weight,
+        norm bias, running mean and running var, looked up anew so replaced children and
+        parameters are followed -- and the norms' eps. The caller ran :meth:`bind`."""
+        return [d.get(name) for d, name in self.slots], [norm.eps for norm in self.norms]
 
     def frozen(self) -> bool:
         """Whether every norm uses running statistics, i.e. folding is exact."""
@@ -140,23 +188,7 @@ class _FoldedBranch:
                 matrix = weight.flatten(1) if pointwise else None  # (out, in, 1, 1) -> (out, in)
                 plan.append((weight, bias, matrix, conv.stride, conv.padding,
                              conv.dilation, conv.groups, act))
-        self.cpp_args = self._cpp_args(plan)
         return plan
-
-    def _cpp_args(self, plan):
-        """The plan as arguments of ``torch.ops.mmmod_mod.branch_fuse_`` (None if it has a
-        layer the kernel does not take: non-square stride/padding/dilation, other activations)."""
-        acts = []
-        for m in self.layers:
-            act = type(m.activate) if m.with_activation else None
-            if act not in _CPP_ACTS:
-                return None
-            acts.append(_CPP_ACTS[act])
-        for _, _, _, *geometry, _, _ in plan:  # stride, padding, dilation: square int pairs only
-            if any(not isinstance(v, tuple) or len(set(v)) != 1 for v in geometry):
-                return None
-        return ([p[0] for p in plan], [p[1] for p in plan], [p[3][0] for p in plan],
-                [p[4][0] for p in plan], [p[5][0] for p in plan], [p[6] for p in plan], acts)
 
     def refresh(self):
         """Rebuild the folded weights if any tensor they depend on changed."""
@@ -199,8 +231,25 @@ def _pointwise(x: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor,
     return out.view(1, -1, h, w)  # (C', HW) -> (1, C', H, W)
 
 
-# Activation codes of mmmod/ops/csrc/mod.cpp.
+# Counts every assignment of a module, parameter or buffer to any module (torch's global
+# registration hooks). Compiled inference plans hold references to a block's tensors and are
+# rebuilt when it changed; conversions (``.double()``, ``.to()``), which replace buffers without
+# registering them, go through ``MoDBlock._apply``.
+_GENERATION = [0]
+
+
+def _count_registration(*_):
+    _GENERATION[0] += 1
+
+
+for _register in (nn.modules.module.register_module_module_registration_hook,
+                  nn.modules.module.register_module_parameter_registration_hook,
+                  nn.modules.module.register_module_buffer_registration_hook):
+    _register(_count_registration)
+
+# Activation codes and dtypes of mmmod/ops/csrc/mod.cpp.
 _CPP_ACTS = {None: 0, nn.ReLU: 1, nn.ReLU6: 2}
+_CPP_DTYPES = (torch.float32, torch.float64)
 
 
 def _has_hooks(m: nn.Module) -> bool:
@@ -276,19 +325,28 @@ class MoDBlock(nn.Module):
         self._fusion_offset = dict(first=0, last=channels - k, original=-1)[fusion]
         self._folded = (_FoldedBranch(branch) if isinstance(branch, nn.Sequential)
                         and all(map(_foldable, branch)) else None)
+        self._plan = None  # (generation, compiled inference plan or None), built on first use
 
     def select(self, x: torch.Tensor):
         """Channel indices (N, k) and their scores (N, k) (None for random selection)."""
         if self.selector is None:
             idx = torch.rand(x.shape[:2], device=x.device).topk(self.k, dim=1).indices  # (N, k)
             return idx, None
-        scores, idx = self.selector(x).topk(self.k, dim=1)  # (N, C) -> (N, k), (N, k)
+        scores, idx = top_channels(self.selector(x), self.k)  # (N, C) -> (N, k), (N, k)
         return idx, scores
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.channels:
             raise ValueError(f'MoDBlock expects (N, {self.channels}, H, W) input, '
                              f'got {tuple(x.shape)}')
+        if not torch.is_grad_enabled() and self._folded is not None:
+            plan = self._plan
+            if plan is None or plan[0] != _GENERATION[0]:
+                plan = self._plan = (_GENERATION[0], self._make_plan())
+            if plan[1] is not None:
+                out = plan[1](x, self.recorder)  # the whole block in one compiled call
+                if out is not None:
+                    return out
         tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()
         if (self._folded is not None and not torch.is_grad_enabled() and not tracing
                 and self._folded.frozen()
@@ -307,25 +365,70 @@ class MoDBlock(nn.Module):
         inplace = not ((torch.is_grad_enabled() and x.requires_grad) or tracing)
         return self._fuse(x, y, s, idx, inplace)
 
+    def _make_plan(self):
+        """The compiled inference plan of ``mmmod/ops/csrc/mod.cpp`` (None without a compiler,
+        for random selection, or for a branch the kernel does not take). It is called with
+        ``(x, recorder)`` and returns None whenever the block must run as modules: training-mode
+        norms, a hooked selector, tracing, an input that is not a float CPU tensor."""
+        ops = cpp_module('mod')
+        folded = self._folded
+        folded.bind()
+        if ops is None or folded.cpp_static is None or self.selector is None:
+            return None
+        tensors, _ = folded.cpp_tensors()
+        if not all(t is None or type(t) in (torch.Tensor, nn.Parameter) for t in tensors) or \
+                any(tensors[i] is None for i in range(0, len(tensors), 6)):
+            return None  # e.g. a pruned conv whose weight is computed by a hook
+        fc2 = self.selector.fc2
+        return ops.Plan(self.selector.fc1.weight, None if fc2 is None else fc2.weight, tensors,
+                        list(folded.norms), self.selector,
+                        self.drop_path, *folded.cpp_static, self._fusion_offset, self.k)
+
+    def _apply(self, fn, *args, **kwargs):
+        # conversions may replace buffers without registering them: rebuild the plan
+        self._plan = None
+        return super()._apply(fn, *args, **kwargs)
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state['_plan'] = None  # a compiled object: not picklable, rebuilt on first use
+        return state
+
     def _forward_folded(self, x: torch.Tensor) -> torch.Tensor:
         """Inference without autograd: the same result as :meth:`forward` with fewer launches.
 
-        Norms folded into the branch convs, the selector as plain functions (no module calls),
-        the fusion in place into ``x``. Each MoD block is ~10 small ops; at batch 1 their
-        dispatch cost is what a MoD network loses to its zero-cost ceiling.
+        Used where the compiled plan does not run (a hooked selector, random selection, no
+        compiler, a non-contiguous or half-precision input). With the compiled operator the
+        branch and fusion are still one call. Otherwise: norms folded into the branch convs (cached), the selector as plain functions
+        (no module calls), the fusion in place into ``x``. At batch 1 a block's ~10 small ops
+        cost more in dispatch than in arithmetic; that is what MoD loses to its zero-cost
+        ceiling.
         """
-        self._folded.refresh()
-        if self.selector is not None and not _has_hooks(self.selector):
-            scores, idx = self.selector.scores(x).topk(self.k, dim=1)  # (N, C) -> (N, k), (N, k)
+        folded = self._folded  # frozen() has bound it to the current children
+        selector = self.selector
+        hooked = selector is not None and _has_hooks(selector)
+        ops = cpp_module('mod') if folded.cpp_static is not None else None
+        if ops is not None and x.is_cpu and x.dtype in _CPP_DTYPES and x.is_contiguous():
+            if selector is not None and not hooked:
+                idx, scores = x.new_empty((x.shape[0], self.k), dtype=torch.long), None
+                fc1 = selector.fc1.weight
+                fc2 = None if selector.fc2 is None else selector.fc2.weight
+            else:  # random channels, or a selector whose hooks must see its call
+                (idx, scores), fc1, fc2 = self.select(x), None, None
+            tensors, eps = folded.cpp_tensors()
+            ops.mod_block_(x, idx, scores, fc1, fc2, tensors, eps, *folded.cpp_static,
+                           self._fusion_offset)
+            if self.recorder is not None:
+                self.recorder.append(idx.cpu())
+            return x
+        folded.refresh()
+        if selector is not None and not hooked:
+            scores, idx = top_channels(selector.scores(x), self.k)  # (N, C) -> (N, k), (N, k)
         else:
             idx, scores = self.select(x)  # (N, k), (N, k)
         if self.recorder is not None:
             self.recorder.append(idx.cpu())
-        cpp = self._folded.cpp_args
-        if cpp is not None and x.is_contiguous() and x.device.type == 'cpu' and load_cpp_ops('mod'):
-            # gather + branch + scaled fusion into x in one call (mmmod/ops/csrc/mod.cpp)
-            return torch.ops.mmmod_mod.branch_fuse_(x, idx, scores, *cpp, self._fusion_offset)
-        y = self._folded(gather_channels(x, idx))  # (N, k, H, W) -> (N, k, H, W)
+        y = folded(gather_channels(x, idx))  # (N, k, H, W) -> (N, k, H, W)
         s = None if scores is None else scores[:, :, None, None]  # (N, k) -> (N, k, 1, 1)
         return self._fuse(x, y, s, idx, inplace=True)
 

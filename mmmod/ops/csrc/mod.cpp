@@ -1,175 +1,609 @@
-// CNN Mixture-of-Depths inference on CPU: gather the k selected channels, run the slim branch
-// (convs with their BatchNorm already folded in), scale by the selector's scores and add the
-// result into x, in one call:
-//     x[n, dst(c)] += scores[n, c] * branch(x[n, idx[n, :]])[c]     for c < k
-// with dst(c) = offset + c ('first' / 'last' fusion) or idx[n, c] (offset < 0, 'original').
+// CNN Mixture-of-Depths inference on CPU: one whole MoD block in one call, in place on x.
 //
-// Why a kernel: at MoD widths (k = 1..32 channels) each of the branch's convolutions is a few
-// thousand multiply-adds, and the six or so ATen calls of the block (gather, three convs, two
-// activations, fusion) cost far more in dispatch and oneDNN setup than in arithmetic -- e.g.
-// ~50 us for a depthwise conv of 12 channels at 28x28. Here the gather is a table of channel
-// pointers (no copy), the convs are direct loops over tiny buffers, and the fusion writes into
-// x in place. The selector stays in ATen (its scores decide top-k, so they must match the
-// autograd path bit for bit).
-#include <ATen/ATen.h>
+//     s = sigmoid(W2 relu(W1 mean_hw(x[n])))              the channel selector (no bias)
+//     idx, sc = top-k of s, in descending order           (or given: random / hooked selector)
+//     y = branch(x[n, idx])                                conv -> BN (-> ReLU/ReLU6), BN folded
+//     x[n, dst(c)] += sc[c] * y[c]     for c < k           dst(c) = offset + c, or idx[c]
+//
+// Why a kernel: at batch 1 a MoD block is ~10 tiny ATen calls (pool, two GEMVs, sigmoid, top-k,
+// gather, three convs, two activations, fusion), and inside a network each of them runs with
+// cold caches and a sleeping worker thread, so a block costs several times its arithmetic.
+// Here the block is one call and, at batch 1, one parallel region: the selector reads x once,
+// the gather is a table of channel pointers (no copy), the convs are direct loops over tiny
+// buffers with the BatchNorm applied in their epilogue (folded on the fly, nothing cached), and
+// the fusion writes into x.
+//
+// The selector's sums run in a different order than ATen's, so scores may differ from the
+// autograd path in the last bits; top-k can then differ only between channels whose scores tie
+// to ~1e-7, as it already does between ATen's batch sizes and thread counts.
 #include <ATen/Parallel.h>
-#include <torch/library.h>
+#include <omp.h>
+#include <torch/csrc/jit/frontend/tracer.h>
+#include <torch/extension.h>
+
+#include <typeinfo>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <functional>
+#include <limits>
+#include <memory>
 #include <vector>
 
 namespace {
 
 constexpr int64_t kActNone = 0, kActReLU = 1, kActReLU6 = 2;
-
-struct Layer {
-  at::Tensor weight, bias;  // (C_out, C_in / groups, kh, kw), (C_out,)
-  int64_t stride, padding, dilation, groups, act;
-};
+constexpr int64_t kLanes = 16;  // independent partial sums: lets the compiler vectorize sums
 
 inline int64_t out_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d) {
   return (in + 2 * p - d * (k - 1) - 1) / s + 1;
 }
 
-// One conv layer on one sample: in[ci] points at an (h, w) plane; out is (C_out, ho, wo).
+// [begin, end) of `n` items for thread `tid` of `nt`.
+inline std::pair<int64_t, int64_t> split(int64_t n, int tid, int nt) {
+  const int64_t chunk = (n + nt - 1) / nt;
+  const int64_t b = std::min<int64_t>(n, tid * chunk);
+  return {b, std::min<int64_t>(n, b + chunk)};
+}
+
 template <typename T>
-void conv_sample(const std::vector<const T*>& in, int64_t h, int64_t w, const Layer& l, T* out,
-                 int64_t ho, int64_t wo, bool parallel) {
-  const int64_t cout = l.weight.size(0), cin_g = l.weight.size(1);
-  const int64_t kh = l.weight.size(2), kw = l.weight.size(3);
-  const int64_t cout_g = cout / l.groups, s = l.stride, p = l.padding, d = l.dilation;
-  const T* weight = l.weight.data_ptr<T>();
-  const T* bias = l.bias.data_ptr<T>();
-  auto body = [&](int64_t begin, int64_t end) {
-    for (int64_t co = begin; co < end; ++co) {
-      T* o = out + co * ho * wo;  // (ho, wo)
-      std::fill(o, o + ho * wo, bias[co]);
-      const int64_t g = co / cout_g;
-      for (int64_t ci = 0; ci < cin_g; ++ci) {
-        const T* src = in[g * cin_g + ci];  // (h, w)
-        const T* wt = weight + (co * cin_g + ci) * kh * kw;
+inline T dot(const T* a, const T* b, int64_t n) {
+  T acc[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int64_t j = 0; j < kLanes; ++j) acc[j] += a[i + j] * b[i + j];
+  T total = 0;
+  for (; i < n; ++i) total += a[i] * b[i];
+  for (int64_t j = 0; j < kLanes; ++j) total += acc[j];
+  return total;
+}
+
+template <typename T>
+inline T sum(const T* a, int64_t n) {
+  T acc[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int64_t j = 0; j < kLanes; ++j) acc[j] += a[i + j];
+  T total = 0;
+  for (; i < n; ++i) total += a[i];
+  for (int64_t j = 0; j < kLanes; ++j) total += acc[j];
+  return total;
+}
+
+// One conv layer of the branch, its BatchNorm as a per-channel scale and shift.
+template <typename T>
+struct Layer {
+  const T* weight;  // (C_out, C_in / groups, kh, kw)
+  const T* scale;   // (C_out,)
+  const T* shift;   // (C_out,)
+  int64_t cout, cin_g, kh, kw, stride, padding, dilation, groups, act;
+  int64_t h, w, ho, wo;  // input and output size
+  bool pointwise() const { return kh == 1 && kw == 1 && stride == 1 && padding == 0; }
+};
+
+// Where a layer's results go: its own buffer, or (the last layer) added into x times the
+// channel's score -- the fusion, with no extra pass over the branch output.
+template <typename T>
+struct Sink {
+  T* const* planes;  // per output channel: (ho, wo) plane to write or add into
+  const T* scores;   // per output channel when adding (null: scale 1)
+  bool add;
+};
+
+// The epilogue of n outputs: BatchNorm (scale, shift), activation, then store or fuse. One
+// instantiation per (activation, store/add), so the loop vectorizes.
+template <typename T, int64_t Act, bool Add>
+inline void finish_as(const T* acc, int64_t n, T scale, T shift, T* dst, T fuse_scale) {
+  for (int64_t v = 0; v < n; ++v) {
+    T r = acc[v] * scale + shift;
+    if constexpr (Act == kActReLU) r = std::max(r, T(0));
+    if constexpr (Act == kActReLU6) r = std::min(std::max(r, T(0)), T(6));
+    if constexpr (Add) {
+      dst[v] += fuse_scale * r;
+    } else {
+      dst[v] = r;
+    }
+  }
+}
+
+template <typename T>
+inline void finish(const T* acc, int64_t n, T scale, T shift, int64_t act, T* dst, bool add,
+                   T fuse_scale) {
+  if (add) {
+    if (act == kActReLU) return finish_as<T, kActReLU, true>(acc, n, scale, shift, dst, fuse_scale);
+    if (act == kActReLU6) return finish_as<T, kActReLU6, true>(acc, n, scale, shift, dst, fuse_scale);
+    return finish_as<T, kActNone, true>(acc, n, scale, shift, dst, fuse_scale);
+  }
+  if (act == kActReLU) return finish_as<T, kActReLU, false>(acc, n, scale, shift, dst, fuse_scale);
+  if (act == kActReLU6) return finish_as<T, kActReLU6, false>(acc, n, scale, shift, dst, fuse_scale);
+  return finish_as<T, kActNone, false>(acc, n, scale, shift, dst, fuse_scale);
+}
+
+// Outputs per register block: 64 floats = 8 AVX registers of accumulators.
+constexpr int64_t kBlock = 64;
+
+// A 1x1 stride-1 conv over the flat (h * w) planes: work items are (output channel, block of
+// kBlock pixels); this thread runs items [i0, i1).
+template <typename T>
+void pointwise_items(const T* const* in, const Layer<T>& l, const Sink<T>& out, int64_t i0,
+                     int64_t i1) {
+  const int64_t hw = l.h * l.w, blocks = (hw + kBlock - 1) / kBlock;
+  const int64_t cout_g = l.cout / l.groups;
+  for (int64_t item = i0; item < i1; ++item) {
+    const int64_t co = item / blocks, q0 = (item % blocks) * kBlock;
+    const int64_t n = std::min(kBlock, hw - q0);
+    const T* wt = l.weight + co * l.cin_g;
+    const T* const* src = in + (co / cout_g) * l.cin_g;
+    T acc[kBlock] = {};
+    if (n == kBlock) {
+      for (int64_t ci = 0; ci < l.cin_g; ++ci) {
+        const T wv = wt[ci], *sp = src[ci] + q0;
+        for (int64_t v = 0; v < kBlock; ++v) acc[v] += wv * sp[v];
+      }
+    } else {
+      for (int64_t ci = 0; ci < l.cin_g; ++ci) {
+        const T wv = wt[ci], *sp = src[ci] + q0;
+        for (int64_t v = 0; v < n; ++v) acc[v] += wv * sp[v];
+      }
+    }
+    finish(acc, n, l.scale[co], l.shift[co], l.act, out.planes[co] + q0, out.add,
+           out.scores ? out.scores[co] : T(1));
+  }
+}
+
+// A grow-only buffer per thread: scratch memory without a malloc (and fresh pages to fault in)
+// per call.
+template <typename U, int Tag = 0>
+U* arena(size_t n) {
+  static thread_local std::vector<U> buffer;
+  if (buffer.size() < n) buffer.resize(n);
+  return buffer.data();
+}
+
+// A stride-1 kh x kw conv on zero-padded planes (row stride ld, pointers at the padded
+// plane's top-left corner), flat: output (y, x) sits at y * ld + x of a (ho, ld) accumulator,
+// so every tap is one long contiguous multiply-add over the whole plane (the ld - wo columns
+// past each row's end are computed and dropped). Work items are output channels [i0, i1).
+template <typename T>
+void window_flat_items(const T* const* in, int64_t ld, const Layer<T>& l, const Sink<T>& out,
+                       int64_t i0, int64_t i1) {
+  const int64_t d = l.dilation, kh = l.kh, kw = l.kw, n = l.ho * ld;
+  const int64_t cout_g = l.cout / l.groups;
+  T* acc = arena<T, 1>(n);  // this thread's
+  for (int64_t co = i0; co < i1; ++co) {
+    const T* wco = l.weight + co * l.cin_g * kh * kw;
+    const T* const* src = in + (co / cout_g) * l.cin_g;
+    for (int64_t q = 0; q < n; ++q) acc[q] = T(0);
+    for (int64_t ci = 0; ci < l.cin_g; ++ci) {
+      for (int64_t i = 0; i < kh; ++i) {
         for (int64_t j = 0; j < kw; ++j) {
-          // output columns whose input column x * s + off lies inside [0, w)
-          const int64_t off = j * d - p;
-          const int64_t x0 = off < 0 ? (-off + s - 1) / s : 0;
-          const int64_t x1 = w - 1 - off < 0 ? 0 : std::min(wo, (w - 1 - off) / s + 1);
-          if (x0 >= x1) continue;
-          for (int64_t i = 0; i < kh; ++i) {
-            const T wv = wt[i * kw + j];
-            for (int64_t y = 0; y < ho; ++y) {
-              const int64_t iy = y * s - p + i * d;
-              if (iy < 0 || iy >= h) continue;
-              const T* srow = src + iy * w + off;
-              T* orow = o + y * wo;
-              if (s == 1) {
-                for (int64_t x = x0; x < x1; ++x) orow[x] += wv * srow[x];
-              } else {
-                for (int64_t x = x0; x < x1; ++x) orow[x] += wv * srow[x * s];
-              }
-            }
-          }
+          const T wv = wco[(ci * kh + i) * kw + j];
+          const T* r = src[ci] + i * d * ld + j * d;
+          for (int64_t q = 0; q < n; ++q) acc[q] += wv * r[q];
         }
       }
-      if (l.act == kActReLU) {
-        for (int64_t q = 0; q < ho * wo; ++q) o[q] = std::max(o[q], T(0));
-      } else if (l.act == kActReLU6) {
-        for (int64_t q = 0; q < ho * wo; ++q) o[q] = std::min(std::max(o[q], T(0)), T(6));
+    }
+    for (int64_t y = 0; y < l.ho; ++y) {
+      finish(acc + y * ld, l.wo, l.scale[co], l.shift[co], l.act, out.planes[co] + y * l.wo,
+             out.add, out.scores ? out.scores[co] : T(1));
+    }
+  }
+}
+
+// Everything of one block that is the same for every sample.
+template <typename T>
+struct Block {
+  int64_t C, H, W, k, hidden, offset;
+  const T* fc1;  // (hidden, C) or null: indices given
+  const T* fc2;  // (C, hidden) or null: single FC
+  std::vector<Layer<T>> layers;
+};
+
+// Zeros after a layer's padded input: the flat window conv reads the last row's taps up to
+// this far past the last plane (outputs that are dropped).
+template <typename T>
+int64_t slack(const Layer<T>& l) {
+  return (l.kw - 1) * l.dilation + 16;
+}
+
+// Per-sample scratch, carved out of the calling thread's arena: selector vectors, the
+// branch's layer outputs and zero-padded inputs.
+template <typename T>
+struct Scratch {
+  T *mean = nullptr, *hid = nullptr, *scores = nullptr;
+  int64_t* order = nullptr;
+  std::vector<T*> outs, padded;
+  std::vector<std::vector<const T*>> ins;  // per layer: its input planes
+  std::vector<std::vector<T*>> out_planes;
+  explicit Scratch(const Block<T>& b) {
+    const size_t L = b.layers.size();
+    std::vector<int64_t> sizes;  // mean, hid, scores, then per layer: output, padded input
+    sizes.push_back(b.fc1 ? b.C : 0);
+    sizes.push_back(b.fc1 ? b.hidden : 0);
+    sizes.push_back(b.fc1 ? b.C : 0);
+    for (size_t li = 0; li < L; ++li) {
+      const Layer<T>& l = b.layers[li];
+      const bool fused = L > 1 && li + 1 == L;  // the last layer adds into x directly
+      const int64_t cin = l.cin_g * l.groups, p = l.padding;
+      sizes.push_back(fused ? 0 : l.cout * l.ho * l.wo);
+      sizes.push_back(l.pointwise() ? 0 : cin * (l.h + 2 * p) * (l.w + 2 * p) + slack(l));
+    }
+    int64_t total = 0;
+    for (int64_t n : sizes) total += (n + 15) / 16 * 16;  // 64-byte aligned offsets
+    T* base = arena<T>(total + 16);
+    base += (16 - (reinterpret_cast<uintptr_t>(base) / sizeof(T)) % 16) % 16;
+    std::vector<T*> parts;
+    for (int64_t n : sizes) {
+      parts.push_back(n ? base : nullptr);
+      base += (n + 15) / 16 * 16;
+    }
+    mean = parts[0];
+    hid = parts[1];
+    scores = parts[2];
+    if (b.fc1) order = arena<int64_t>(b.C);
+    for (size_t li = 0; li < L; ++li) {
+      const Layer<T>& l = b.layers[li];
+      outs.push_back(parts[3 + 2 * li]);
+      padded.push_back(parts[4 + 2 * li]);
+      ins.emplace_back(l.cin_g * l.groups);
+      out_planes.emplace_back(l.cout);
+    }
+  }
+};
+
+// One sample, run by thread `tid` of `nt`; `barrier` synchronises the nt threads.
+template <typename T>
+void run_sample(const Block<T>& b, Scratch<T>& s, T* x, int64_t* idx, const T* given_scores,
+                T* sel_scores, int tid, int nt, const std::function<void()>& barrier) {
+  const int64_t C = b.C, HW = b.H * b.W, k = b.k;
+  if (b.fc1) {
+    // Selector: channel means -> FC -> ReLU -> FC -> sigmoid, rows split across threads.
+    auto [c0, c1] = split(C, tid, nt);
+    for (int64_t c = c0; c < c1; ++c) s.mean[c] = sum(x + c * HW, HW) / T(HW);
+    barrier();
+    auto [j0, j1] = split(b.hidden, tid, nt);
+    for (int64_t j = j0; j < j1; ++j) {
+      const T v = dot(b.fc1 + j * C, s.mean, C);
+      s.hid[j] = b.fc2 ? std::max(v, T(0)) : v;
+    }
+    barrier();
+    const T* hid = s.hid;
+    if (b.fc2) {
+      for (int64_t c = c0; c < c1; ++c) {
+        const T v = dot(b.fc2 + c * b.hidden, hid, b.hidden);
+        s.scores[c] = T(1) / (T(1) + std::exp(-v));
+      }
+    } else {
+      for (int64_t j = j0; j < j1; ++j) s.scores[j] = T(1) / (T(1) + std::exp(-hid[j]));
+    }
+    barrier();
+    if (tid == 0) {
+      // top-k in descending order, ties to the lower channel index (mmmod's top_channels);
+      // NaN ranks highest, as in torch.sort
+      const T* sc = s.scores;
+      auto key = [](T v) { return std::isnan(v) ? std::numeric_limits<T>::infinity() : v; };
+      auto before = [&](int64_t a, int64_t bb) {
+        const T va = key(sc[a]), vb = key(sc[bb]);
+        return va > vb || (va == vb && a < bb);
+      };
+      for (int64_t c = 0; c < C; ++c) s.order[c] = c;
+      if (k < C) std::nth_element(s.order, s.order + k, s.order + C, before);
+      std::sort(s.order, s.order + k, before);
+      for (int64_t c = 0; c < k; ++c) {
+        idx[c] = s.order[c];
+        sel_scores[c] = sc[s.order[c]];
       }
     }
-  };
-  // Split output channels across threads only when a layer is big enough to pay for it.
-  const int64_t work = cin_g * kh * kw * ho * wo;
-  if (parallel) {
-    at::parallel_for(0, cout, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, work)), body);
-  } else {
-    body(0, cout);
+    barrier();
+    given_scores = sel_scores;
+  }
+  // The branch. The gather is pointers into x; a layer with a window gets zero-padded copies
+  // of its input planes first. Layer by layer, work items split across threads.
+  const size_t L = b.layers.size();
+  std::vector<const T*>* in = &s.ins[0];
+  for (int64_t c = 0; c < k; ++c) (*in)[c] = x + idx[c] * HW;
+  for (size_t li = 0; li < L; ++li) {
+    const Layer<T>& l = b.layers[li];
+    const bool last = li + 1 == L, fused = last && L > 1;
+    std::vector<T*>& outp = s.out_planes[li];
+    for (int64_t c = 0; c < l.cout; ++c) {
+      outp[c] = fused ? x + (b.offset < 0 ? idx[c] : b.offset + c) * HW
+                      : s.outs[li] + c * l.ho * l.wo;
+    }
+    const Sink<T> sink{outp.data(), fused ? given_scores : nullptr, fused};
+    if (l.pointwise()) {
+      auto [i0, i1] = split(l.cout * ((l.h * l.w + kBlock - 1) / kBlock), tid, nt);
+      pointwise_items<T>(in->data(), l, sink, i0, i1);
+    } else {
+      const int64_t cin = l.cin_g * l.groups, p = l.padding, ld = l.w + 2 * p;
+      const int64_t plane = (l.h + 2 * p) * ld;
+      T* pad = s.padded[li];
+      auto [c0, c1] = split(cin, tid, nt);
+      for (int64_t c = c0; c < c1; ++c) {  // plain loops: rows are short, calls would cost more
+        T* dst = pad + c * plane;
+        const T* src = (*in)[c];
+        for (int64_t q = 0; q < p * ld; ++q) dst[q] = T(0);
+        for (int64_t y = 0; y < l.h; ++y) {
+          T* row = dst + (p + y) * ld;
+          for (int64_t q = 0; q < p; ++q) row[q] = T(0);
+          for (int64_t q = 0; q < l.w; ++q) row[p + q] = src[y * l.w + q];
+          for (int64_t q = p + l.w; q < ld; ++q) row[q] = T(0);
+        }
+        for (int64_t q = (p + l.h) * ld; q < plane; ++q) dst[q] = T(0);
+      }
+      if (c1 == cin) {
+        T* end = pad + cin * plane;
+        for (int64_t q = 0; q < slack(l); ++q) end[q] = T(0);
+      }
+      barrier();
+      std::vector<const T*> padded_in(cin);
+      for (int64_t c = 0; c < cin; ++c) padded_in[c] = pad + c * plane;
+      auto [i0, i1] = split(l.cout, tid, nt);
+      window_flat_items<T>(padded_in.data(), ld, l, sink, i0, i1);
+    }
+    barrier();
+    if (!last) {
+      in = &s.ins[li + 1];
+      for (int64_t c = 0; c < l.cout; ++c) (*in)[c] = outp[c];
+    }
+  }
+  if (L == 1) {
+    // A single layer read x itself: add its output only now that every thread is done.
+    auto [f0, f1] = split(k, tid, nt);
+    for (int64_t c = f0; c < f1; ++c) {
+      T* dst = x + (b.offset < 0 ? idx[c] : b.offset + c) * HW;
+      const T* y = s.out_planes[0][c];
+      const T sc = given_scores ? given_scores[c] : T(1);
+      for (int64_t q = 0; q < HW; ++q) dst[q] += sc * y[q];
+    }
+  }
+}
+
+// A vector's data as T, or null when absent; checks its length.
+template <typename T>
+const T* vec(const c10::optional<at::Tensor>& t, int64_t n, const char* what) {
+  if (!t.has_value() || !t->defined()) return nullptr;
+  TORCH_CHECK(t->dim() == 1 && t->size(0) == n && t->is_contiguous() &&
+                  t->scalar_type() == c10::CppTypeToScalarType<T>::value,
+              "mod_block_: ", what, " must be a contiguous (", n, ",) tensor of x's dtype");
+  return t->data_ptr<T>();
+}
+
+// BatchNorm folded into a per-channel scale and shift applied after the conv:
+// (2 * C_out,) = [scale..., shift...]. Plain loops: a few dozen channels, no ATen calls.
+template <typename T>
+void fold_norm(const std::vector<c10::optional<at::Tensor>>& params, size_t i, double eps,
+               int64_t cout, T* out) {
+  const T* bias = vec<T>(params.at(6 * i + 1), cout, "conv bias");
+  const T* gamma = vec<T>(params.at(6 * i + 2), cout, "norm weight");
+  const T* beta = vec<T>(params.at(6 * i + 3), cout, "norm bias");
+  const T* mean = vec<T>(params.at(6 * i + 4), cout, "running mean");
+  const T* var = vec<T>(params.at(6 * i + 5), cout, "running var");
+  TORCH_CHECK(mean && var, "mod_block_: layer ", i, " needs the norm's running statistics");
+  for (int64_t c = 0; c < cout; ++c) {
+    T scale = T(1) / std::sqrt(var[c] + static_cast<T>(eps));
+    if (gamma) scale *= gamma[c];
+    T shift = -mean[c] * scale;
+    if (bias) shift += bias[c] * scale;
+    if (beta) shift += beta[c];
+    out[c] = scale;
+    out[cout + c] = shift;
   }
 }
 
 template <typename T>
-void branch_sample(T* x, int64_t C, int64_t H, int64_t W, const int64_t* idx, const T* scores,
-                   int64_t k, const std::vector<Layer>& layers, int64_t offset, bool parallel) {
-  std::vector<const T*> planes(k);
-  for (int64_t c = 0; c < k; ++c) planes[c] = x + idx[c] * H * W;  // the gather: pointers only
-  std::vector<T> buf[2];
-  int64_t h = H, w = W;
-  for (size_t li = 0; li < layers.size(); ++li) {
-    const Layer& l = layers[li];
-    const int64_t ho = out_size(h, l.weight.size(2), l.stride, l.padding, l.dilation);
-    const int64_t wo = out_size(w, l.weight.size(3), l.stride, l.padding, l.dilation);
-    std::vector<T>& out = buf[li % 2];
-    out.resize(l.weight.size(0) * ho * wo);
-    conv_sample<T>(planes, h, w, l, out.data(), ho, wo, parallel);
-    planes.resize(l.weight.size(0));
-    for (int64_t c = 0; c < l.weight.size(0); ++c) planes[c] = out.data() + c * ho * wo;
-    h = ho;
-    w = wo;
+void mod_block_impl(at::Tensor& x, at::Tensor& indices, const at::Tensor& scores,
+                    const at::Tensor& fc1, const at::Tensor& fc2,
+                    const std::vector<at::Tensor>& weights,
+                    const std::vector<c10::optional<at::Tensor>>& params, const std::vector<double>& eps,
+                    at::IntArrayRef strides, at::IntArrayRef paddings, at::IntArrayRef dilations,
+                    at::IntArrayRef groups, at::IntArrayRef acts, int64_t offset,
+                    int64_t num_threads) {
+  const int64_t N = x.size(0);
+  Block<T> b{x.size(1), x.size(2), x.size(3), indices.size(1), 0, offset,
+             fc1.defined() ? fc1.data_ptr<T>() : nullptr,
+             fc2.defined() ? fc2.data_ptr<T>() : nullptr, {}};
+  if (fc1.defined()) b.hidden = fc1.size(0);
+  int64_t h = b.H, w = b.W, total = 0;
+  for (const auto& wt : weights) total += 2 * wt.size(0);
+  std::vector<T> folded(total);  // [scale, shift] of every layer
+  T* f = folded.data();
+  for (size_t i = 0; i < weights.size(); ++i) {
+    const at::Tensor& wt = weights[i];
+    fold_norm<T>(params, i, eps[i], wt.size(0), f);
+    Layer<T> l{wt.data_ptr<T>(), f, f + wt.size(0), wt.size(0), wt.size(1), wt.size(2),
+               wt.size(3), strides[i], paddings[i], dilations[i], groups[i], acts[i], h, w, 0, 0};
+    l.ho = out_size(h, l.kh, l.stride, l.padding, l.dilation);
+    l.wo = out_size(w, l.kw, l.stride, l.padding, l.dilation);
+    TORCH_CHECK((l.ho == b.H && l.wo == b.W) || i + 1 < weights.size(),
+                "mod_block_: the branch must keep the spatial size");
+    h = l.ho;
+    w = l.wo;
+    f += 2 * l.cout;
+    b.layers.push_back(l);
   }
-  // The fusion: every selected channel writes a different x channel, so no races.
-  for (int64_t c = 0; c < k; ++c) {
-    T* dst = x + (offset < 0 ? idx[c] : offset + c) * H * W;
-    const T* y = planes[c];
-    const T sc = scores ? scores[c] : T(1);
-    for (int64_t q = 0; q < H * W; ++q) dst[q] += sc * y[q];
+  T* xp = x.data_ptr<T>();
+  int64_t* ip = indices.data_ptr<int64_t>();
+  const T* sp = scores.defined() ? scores.data_ptr<T>() : nullptr;
+  const int64_t C = b.C, HW = b.H * b.W, k = b.k;
+  // selected scores, when the selector runs here
+  std::vector<T> sel(fc1.defined() ? N * k : 0);
+  if (N == 1) {
+    Scratch<T> s(b);
+    const int nt = static_cast<int>(std::max<int64_t>(1, num_threads));
+    if (nt == 1 || omp_in_parallel()) {
+      run_sample<T>(b, s, xp, ip, sp, sel.data(), 0, 1, [] {});
+    } else {
+#pragma omp parallel num_threads(nt)
+      run_sample<T>(b, s, xp, ip, sp, sel.data(), omp_get_thread_num(), omp_get_num_threads(),
+                    [] {
+#pragma omp barrier
+                    });
+    }
+    return;
   }
+  // A batch: whole samples per thread.
+  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+    Scratch<T> s(b);
+    for (int64_t n = begin; n < end; ++n) {
+      run_sample<T>(b, s, xp + n * C * HW, ip + n * k, sp ? sp + n * k : nullptr,
+                    sel.empty() ? nullptr : sel.data() + n * k, 0, 1, [] {});
+    }
+  });
 }
 
-at::Tensor branch_fuse_(at::Tensor x, const at::Tensor& idx, const c10::optional<at::Tensor>& scores,
-                        at::TensorList weights, at::TensorList biases, at::IntArrayRef strides,
-                        at::IntArrayRef paddings, at::IntArrayRef dilations,
-                        at::IntArrayRef groups, at::IntArrayRef acts, int64_t offset) {
+at::Tensor mod_block_(at::Tensor x, at::Tensor indices, const c10::optional<at::Tensor>& scores,
+                      const c10::optional<at::Tensor>& fc1, const c10::optional<at::Tensor>& fc2,
+                      const std::vector<c10::optional<at::Tensor>>& params, const std::vector<double>& eps,
+                      const std::vector<int64_t>& strides, const std::vector<int64_t>& paddings,
+                      const std::vector<int64_t>& dilations, const std::vector<int64_t>& groups,
+                      const std::vector<int64_t>& acts,
+                      int64_t offset, int64_t num_threads) {
   TORCH_CHECK(x.dim() == 4 && x.is_contiguous() && x.device().is_cpu(),
-              "branch_fuse_: x must be a contiguous (N, C, H, W) CPU tensor");
-  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  TORCH_CHECK(idx.dim() == 2 && idx.size(0) == N && idx.scalar_type() == at::kLong,
-              "branch_fuse_: idx must be (N, k) int64");
-  const int64_t k = idx.size(1);
-  const size_t L = weights.size();
-  TORCH_CHECK(L > 0 && biases.size() == L && strides.size() == L && paddings.size() == L &&
+              "mod_block_: x must be a contiguous (N, C, H, W) CPU tensor");
+  const int64_t N = x.size(0), C = x.size(1);
+  TORCH_CHECK(indices.dim() == 2 && indices.size(0) == N && indices.is_contiguous() &&
+                  indices.scalar_type() == at::kLong,
+              "mod_block_: indices must be a contiguous (N, k) int64 tensor");
+  const int64_t k = indices.size(1);
+  TORCH_CHECK(k >= 1 && k <= C, "mod_block_: k must be in [1, C]");
+  const bool select = fc1.has_value() && fc1->defined();
+  at::Tensor w1, w2, sc;
+  if (select) {
+    w1 = fc1->contiguous();
+    TORCH_CHECK(w1.dim() == 2 && w1.size(1) == C && w1.scalar_type() == x.scalar_type(),
+                "mod_block_: fc1 must be (hidden, C)");
+    if (fc2.has_value() && fc2->defined()) {
+      w2 = fc2->contiguous();
+      TORCH_CHECK(w2.dim() == 2 && w2.size(0) == C && w2.size(1) == w1.size(0) &&
+                      w2.scalar_type() == x.scalar_type(),
+                  "mod_block_: fc2 must be (C, hidden)");
+    } else {
+      TORCH_CHECK(w1.size(0) == C, "mod_block_: a single FC must give C scores");
+    }
+  } else {
+    if (scores.has_value() && scores->defined()) {
+      sc = scores->contiguous();
+      TORCH_CHECK(sc.sizes() == indices.sizes() && sc.scalar_type() == x.scalar_type(),
+                  "mod_block_: scores must be (N, k) like indices");
+    }
+    const int64_t* ip = indices.data_ptr<int64_t>();
+    TORCH_CHECK(std::all_of(ip, ip + N * k, [C](int64_t i) { return i >= 0 && i < C; }),
+                "mod_block_: indices out of range");
+  }
+  const size_t L = eps.size();
+  TORCH_CHECK(L > 0 && params.size() == 6 * L && strides.size() == L && paddings.size() == L &&
                   dilations.size() == L && groups.size() == L && acts.size() == L,
-              "branch_fuse_: one weight, bias, stride, padding, dilation, groups, act per layer");
-  std::vector<Layer> layers;
+              "mod_block_: per layer 6 params (conv weight, conv bias, norm weight, norm bias, "
+              "running mean, running var) and one eps, stride, padding, dilation, groups, act");
+  std::vector<at::Tensor> weights;
   int64_t cin = k;
   for (size_t i = 0; i < L; ++i) {
-    const at::Tensor& wt = weights[i];
-    TORCH_CHECK(wt.dim() == 4 && wt.is_contiguous() && wt.scalar_type() == x.scalar_type() &&
+    const c10::optional<at::Tensor> wt_opt = params.at(6 * i);
+    TORCH_CHECK(wt_opt.has_value() && wt_opt->defined(), "mod_block_: missing conv weight");
+    const at::Tensor wt = wt_opt->contiguous();
+    TORCH_CHECK(wt.dim() == 4 && wt.scalar_type() == x.scalar_type() && groups[i] >= 1 &&
                     wt.size(1) * groups[i] == cin && wt.size(0) % groups[i] == 0,
-                "branch_fuse_: layer ", i, " weight does not fit its input channels");
-    layers.push_back(Layer{wt, biases[i].contiguous(), strides[i], paddings[i], dilations[i],
-                           groups[i], acts[i]});
+                "mod_block_: layer ", i, " weight does not fit its input channels");
+    TORCH_CHECK(strides[i] == 1 && paddings[i] >= 0 && dilations[i] >= 1 &&
+                    (acts[i] == kActNone || acts[i] == kActReLU || acts[i] == kActReLU6),
+                "mod_block_: layer ", i, " has an unsupported geometry (stride must be 1) or "
+                "activation");
+    weights.push_back(wt);
     cin = wt.size(0);
   }
-  TORCH_CHECK(cin == k, "branch_fuse_: the branch must end with k = ", k, " channels");
-  TORCH_CHECK(offset < 0 || offset + k <= C, "branch_fuse_: fusion offset out of range");
-  at::Tensor idx_c = idx.contiguous();
-  at::Tensor sc;
-  if (scores.has_value()) sc = scores->contiguous();
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "branch_fuse_", [&] {
-    scalar_t* xp = x.data_ptr<scalar_t>();
-    const int64_t* ip = idx_c.data_ptr<int64_t>();
-    const scalar_t* sp = sc.defined() ? sc.data_ptr<scalar_t>() : nullptr;
-    auto sample = [&](int64_t n, bool parallel) {
-      branch_sample<scalar_t>(xp + n * C * H * W, C, H, W, ip + n * k, sp ? sp + n * k : nullptr,
-                              k, layers, offset, parallel);
-    };
-    if (N == 1) {
-      sample(0, true);
-    } else {
-      at::parallel_for(0, N, 1, [&](int64_t b, int64_t e) {
-        for (int64_t n = b; n < e; ++n) sample(n, false);
-      });
-    }
+  TORCH_CHECK(cin == k, "mod_block_: the branch must end with k = ", k, " channels");
+  TORCH_CHECK(offset < 0 || offset + k <= C, "mod_block_: fusion offset out of range");
+  if (N == 0) return x;
+  const int64_t nt = num_threads > 0 ? num_threads : at::get_num_threads();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mod_block_", [&] {
+    mod_block_impl<scalar_t>(x, indices, sc, w1, w2, weights, params, eps, strides, paddings,
+                             dilations, groups, acts, offset, nt);
   });
   return x;
 }
 
+// A MoD block's inference plan: the tensors and modules the block reads, held once, so a call
+// passes only x. Built by MoDBlock (mmmod/models/layers/mod.py), rebuilt when a module,
+// parameter or buffer is replaced. Per call it reads the norms' training flags and eps, the
+// selector's hooks and the drop-path mode -- in C++, as Python code run between two big convs
+// costs several times its warm speed -- and returns None where the block must run as modules.
+class Plan {
+ public:
+  Plan(at::Tensor fc1, c10::optional<at::Tensor> fc2, std::vector<c10::optional<at::Tensor>> params,
+       std::vector<py::object> norms, py::object selector, py::object drop_path,
+       std::vector<int64_t> strides, std::vector<int64_t> paddings,
+       std::vector<int64_t> dilations, std::vector<int64_t> groups, std::vector<int64_t> acts,
+       int64_t offset, int64_t k)
+      : fc1_(std::move(fc1)), fc2_(std::move(fc2)), params_(std::move(params)),
+        norms_(std::move(norms)), selector_(std::move(selector)),
+        drop_path_(std::move(drop_path)), strides_(std::move(strides)),
+        paddings_(std::move(paddings)), dilations_(std::move(dilations)),
+        groups_(std::move(groups)), acts_(std::move(acts)), offset_(offset), k_(k),
+        eps_(norms_.size()) {
+    TORCH_CHECK(params_.size() == 6 * norms_.size(), "Plan: 6 params per layer");
+  }
+
+  // x (N, C, H, W) -> x with the block applied in place, or None: run the block as modules.
+  // A list `recorder` gets the (N, k) selected indices appended.
+  py::object call(const at::Tensor& x, const py::object& recorder) {
+    for (size_t i = 0; i < norms_.size(); ++i) {
+      if (norms_[i].attr("training").cast<bool>()) return py::none();  // batch statistics
+      eps_[i] = norms_[i].attr("eps").cast<double>();
+    }
+    if (py::len(selector_.attr("_forward_hooks")) || py::len(selector_.attr("_forward_pre_hooks")))
+      return py::none();  // the hooks must see the selector called
+    if (!drop_path_.is_none() && drop_path_.attr("training").cast<bool>()) return py::none();
+    if (torch::jit::tracer::isTracing()) return py::none();  // the trace must record modules
+    // A plain dense CPU tensor: not a FakeTensor (torch.compile / export), not a functorch
+    // wrapper, of a dtype the kernel has, the dtype of every weight.
+    if (typeid(*x.unsafeGetTensorImpl()) != typeid(c10::TensorImpl) ||
+        x.key_set().has(c10::DispatchKey::Python) || !x.device().is_cpu() ||
+        x.layout() != at::kStrided || x.dim() != 4 || !x.is_contiguous() ||
+        (x.scalar_type() != at::kFloat && x.scalar_type() != at::kDouble))
+      return py::none();
+    auto fits = [&](const at::Tensor& t) {
+      return t.scalar_type() == x.scalar_type() && t.device().is_cpu();
+    };
+    if (!fits(fc1_) || (fc2_.has_value() && !fits(*fc2_))) return py::none();
+    for (const auto& t : params_)
+      if (t.has_value() && t->defined() && !fits(*t)) return py::none();
+    at::Tensor idx = at::empty({x.size(0), k_}, x.options().dtype(at::kLong));
+    {
+      py::gil_scoped_release release;
+      mod_block_(x, idx, c10::nullopt, fc1_, fc2_, params_, eps_, strides_, paddings_,
+                 dilations_, groups_, acts_, offset_, -1);
+    }
+    if (!recorder.is_none()) recorder.attr("append")(idx);
+    return py::cast(x);
+  }
+
+ private:
+  at::Tensor fc1_;
+  c10::optional<at::Tensor> fc2_;
+  std::vector<c10::optional<at::Tensor>> params_;
+  std::vector<py::object> norms_;
+  py::object selector_, drop_path_;
+  std::vector<int64_t> strides_, paddings_, dilations_, groups_, acts_;
+  int64_t offset_, k_;
+  std::vector<double> eps_;
+};
+
 }  // namespace
 
-TORCH_LIBRARY(mmmod_mod, m) {
-  m.def("branch_fuse_(Tensor(a!) x, Tensor idx, Tensor? scores, Tensor[] weights, "
-        "Tensor[] biases, int[] strides, int[] paddings, int[] dilations, int[] groups, "
-        "int[] acts, int offset) -> Tensor(a!)");
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("mod_block_", &mod_block_,
+        "One CNN-MoD block in place on x (N, C, H, W): selector, top-k (written to indices, "
+        "or read from it when fc1 is None), branch with folded norms, scaled fusion.",
+        py::arg("x"), py::arg("indices"), py::arg("scores"), py::arg("fc1"), py::arg("fc2"),
+        py::arg("params"), py::arg("eps"), py::arg("strides"), py::arg("paddings"),
+        py::arg("dilations"), py::arg("groups"), py::arg("acts"), py::arg("offset"),
+        py::arg("num_threads") = -1, py::call_guard<py::gil_scoped_release>());
+  py::class_<Plan>(m, "Plan")
+      .def(py::init<at::Tensor, c10::optional<at::Tensor>, std::vector<c10::optional<at::Tensor>>,
+                    std::vector<py::object>, py::object, py::object, std::vector<int64_t>,
+                    std::vector<int64_t>, std::vector<int64_t>, std::vector<int64_t>,
+                    std::vector<int64_t>, int64_t, int64_t>())
+      .def("__call__", &Plan::call, py::arg("x"), py::arg("recorder"));
 }
-
-TORCH_LIBRARY_IMPL(mmmod_mod, CPU, m) { m.impl("branch_fuse_", &branch_fuse_); }

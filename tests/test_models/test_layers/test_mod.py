@@ -6,8 +6,8 @@ from mmcv.cnn import ConvModule
 
 import mmmod.models.layers.mod as mod_module
 from mmmod.models.layers import (ChannelScorer, MoDBlock, gather_channels, num_selected_channels,
-                                 record_selections)
-from mmmod.ops import load_cpp_ops
+                                 record_selections, top_channels)
+from mmmod.ops import cpp_module
 
 
 def make_branch(k, dilation=1):
@@ -51,7 +51,8 @@ def reference_mod(block, x):
                                block.selector.fc2.weight))  # (N, C)
     out = x.clone()
     for n in range(x.shape[0]):
-        scores, idx = s[n].topk(k)
+        # descending, ties to the lower channel (stable sort)
+        scores, idx = [t[:k] for t in s[n].sort(descending=True, stable=True)]
         y = block.branch(x[n:n + 1, idx])[0] * scores[:, None, None]  # (k, H, W)
         if block.fusion == 'first':
             out[n, :k] += y
@@ -99,10 +100,10 @@ def test_gather_channels_matches_indexing():
 def inference_impl(request, monkeypatch):
     """Run the no-grad inference path with the C++ kernel or with its PyTorch fallback."""
     if request.param == 'cpp':
-        if not load_cpp_ops('mod'):
+        if cpp_module('mod') is None:
             pytest.skip('the mmmod_mod C++ operator could not be compiled here')
     else:
-        monkeypatch.setattr(mod_module, 'load_cpp_ops', lambda name: False)
+        monkeypatch.setattr(mod_module, 'cpp_module', lambda name: None)
     return request.param
 
 
@@ -287,3 +288,81 @@ def test_folded_cache_follows_a_replaced_norm(inference_impl):
         randomize_bn(new_bn, seed=5)
         torch.testing.assert_close(block(x.clone()), reference_mod(block, x), rtol=1e-4,
                                    atol=1e-4)
+
+
+@pytest.mark.parametrize('batch', [1, 3])
+def test_tied_scores_pick_the_lowest_channels_in_every_path(batch, inference_impl):
+    # fc1 = 0: the ReLU zeroes the hidden units, every score is exactly sigmoid(0) = 0.5
+    torch.manual_seed(0)
+    block = MoDBlock(32, 4, make_branch(4)).eval()
+    randomize_bn(block)
+    block.selector.fc1.weight.data.zero_()
+    x = torch.randn(batch, 32, 5, 5)
+    expected = torch.arange(4).expand(batch, 4)
+    idx, scores = block.select(x)
+    assert torch.equal(idx, expected) and bool((scores == 0.5).all())
+    with record_selections(block) as sel, torch.no_grad():
+        out = block(x.clone())
+    assert torch.equal(sel[''][0], expected)
+    torch.testing.assert_close(out, reference_mod(block, x), rtol=1e-4, atol=1e-4)
+
+
+def test_top_channels_is_a_descending_stable_top_k():
+    scores = torch.tensor([[0.1, 0.7, 0.7, 0.2, 0.7], [0.5, 0.5, 0.5, 0.5, 0.9]])
+    values, idx = top_channels(scores, 3)
+    assert idx.tolist() == [[1, 2, 4], [4, 0, 1]]
+    assert torch.equal(values, scores.gather(1, idx))
+
+
+def test_compiled_plan_follows_replaced_parameters_and_conversions(inference_impl):
+    torch.manual_seed(0)
+    block = MoDBlock(32, 4, make_branch(4)).eval()
+    randomize_bn(block)
+    x = torch.randn(2, 32, 7, 7)
+    with torch.no_grad():
+        block(x.clone())  # builds the plan
+        conv = block.branch[1].conv
+        conv.weight = nn.Parameter(torch.randn_like(conv.weight))  # a new Parameter object
+        block.branch[2].norm.running_var = torch.rand(4) + 0.1  # a new buffer tensor
+        torch.testing.assert_close(block(x.clone()), reference_mod(block, x), rtol=1e-4,
+                                   atol=1e-4)
+        block.double()  # _apply replaces the buffers without registering them
+        xd = x.double()
+        torch.testing.assert_close(block(xd.clone()), reference_mod(block, xd), rtol=1e-9,
+                                   atol=1e-9)
+        block.float()
+        block.branch[0].norm.eps = 0.5  # a plain attribute, read on every call
+        torch.testing.assert_close(block(x.clone()), reference_mod(block, x), rtol=1e-4,
+                                   atol=1e-4)
+
+
+def test_block_copies_and_pickles_after_inference():
+    import copy
+    import pickle
+    torch.manual_seed(0)
+    block = MoDBlock(32, 4, make_branch(4)).eval()
+    randomize_bn(block)
+    x = torch.randn(1, 32, 5, 5)
+    with torch.no_grad():
+        out = block(x.clone())  # builds the compiled plan, if there is a compiler
+        for other in (copy.deepcopy(block), pickle.loads(pickle.dumps(block))):
+            torch.testing.assert_close(other(x.clone()), out)
+
+
+def test_compiled_path_is_the_same_with_any_thread_count(inference_impl):
+    torch.manual_seed(0)
+    block = MoDBlock(96, 6, make_inverted_branch(6)).eval()
+    randomize_bn(block)
+    x = torch.randn(1, 96, 23, 29)  # rows wider than one register block, odd sizes
+    threads = torch.get_num_threads()
+    outs = []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            with torch.no_grad():
+                outs.append(block(x.clone()))
+    finally:
+        torch.set_num_threads(threads)
+    assert (block._plan[1] is not None) == (inference_impl == 'cpp'), 'the compiled plan ran'
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+    torch.testing.assert_close(outs[0], reference_mod(block, x), rtol=1e-4, atol=1e-4)
