@@ -24,6 +24,7 @@
 #include <typeinfo>
 
 #include <algorithm>
+#include <cstring>
 #include <cmath>
 #include <cstdint>
 #include <functional>
@@ -34,7 +35,6 @@
 namespace {
 
 constexpr int64_t kActNone = 0, kActReLU = 1, kActReLU6 = 2;
-constexpr int64_t kLanes = 16;  // independent partial sums: lets the compiler vectorize sums
 
 inline int64_t out_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d) {
   return (in + 2 * p - d * (k - 1) - 1) / s + 1;
@@ -45,30 +45,6 @@ inline std::pair<int64_t, int64_t> split(int64_t n, int tid, int nt) {
   const int64_t chunk = (n + nt - 1) / nt;
   const int64_t b = std::min<int64_t>(n, tid * chunk);
   return {b, std::min<int64_t>(n, b + chunk)};
-}
-
-template <typename T>
-inline T dot(const T* a, const T* b, int64_t n) {
-  T acc[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int64_t j = 0; j < kLanes; ++j) acc[j] += a[i + j] * b[i + j];
-  T total = 0;
-  for (; i < n; ++i) total += a[i] * b[i];
-  for (int64_t j = 0; j < kLanes; ++j) total += acc[j];
-  return total;
-}
-
-template <typename T>
-inline T sum(const T* a, int64_t n) {
-  T acc[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int64_t j = 0; j < kLanes; ++j) acc[j] += a[i + j];
-  T total = 0;
-  for (; i < n; ++i) total += a[i];
-  for (int64_t j = 0; j < kLanes; ++j) total += acc[j];
-  return total;
 }
 
 // One conv layer of the branch, its BatchNorm as a per-channel scale and shift.
@@ -123,25 +99,112 @@ inline void finish(const T* acc, int64_t n, T scale, T shift, int64_t act, T* ds
 // Outputs per register block: 64 floats = 8 AVX registers of accumulators.
 constexpr int64_t kBlock = 64;
 
+// Explicit 32-byte vectors (GCC/Clang vector extensions: AVX where compiled for it, pairs of
+// SSE registers otherwise): a 1x1 conv keeps its accumulators in registers only this way --
+// left to itself the compiler vectorizes over the input channels and spills.
+template <typename T>
+struct Simd {
+  typedef T V __attribute__((vector_size(32)));
+  static constexpr int64_t kLanes = 32 / sizeof(T);
+  static V load(const T* p) {
+    V v;
+    std::memcpy(&v, p, sizeof(V));
+    return v;
+  }
+  static void store(T* p, const V& v) { std::memcpy(p, &v, sizeof(V)); }
+};
+
+// Sums and dot products in four independent vector accumulators (one would wait on the add
+// latency every step).
+template <typename T>
+inline T reduce(const typename Simd<T>::V& v) {
+  T total = 0;
+  for (int64_t j = 0; j < Simd<T>::kLanes; ++j) total += v[j];
+  return total;
+}
+
+template <typename T>
+inline T dot(const T* a, const T* b, int64_t n) {
+  using S = Simd<T>;
+  using V = typename S::V;
+  constexpr int64_t L = S::kLanes;
+  V s0 = {}, s1 = {}, s2 = {}, s3 = {};
+  int64_t i = 0;
+  for (; i + 4 * L <= n; i += 4 * L) {
+    s0 += S::load(a + i) * S::load(b + i);
+    s1 += S::load(a + i + L) * S::load(b + i + L);
+    s2 += S::load(a + i + 2 * L) * S::load(b + i + 2 * L);
+    s3 += S::load(a + i + 3 * L) * S::load(b + i + 3 * L);
+  }
+  T total = reduce<T>((s0 + s1) + (s2 + s3));
+  for (; i < n; ++i) total += a[i] * b[i];
+  return total;
+}
+
+template <typename T>
+inline T sum(const T* a, int64_t n) {
+  using S = Simd<T>;
+  using V = typename S::V;
+  constexpr int64_t L = S::kLanes;
+  V s0 = {}, s1 = {}, s2 = {}, s3 = {};
+  int64_t i = 0;
+  for (; i + 4 * L <= n; i += 4 * L) {
+    s0 += S::load(a + i);
+    s1 += S::load(a + i + L);
+    s2 += S::load(a + i + 2 * L);
+    s3 += S::load(a + i + 3 * L);
+  }
+  T total = reduce<T>((s0 + s1) + (s2 + s3));
+  for (; i < n; ++i) total += a[i];
+  return total;
+}
+
 // A 1x1 stride-1 conv over the flat (h * w) planes: work items are (output channel, block of
-// kBlock pixels); this thread runs items [i0, i1).
+// kBlock pixels); this thread runs items [i0, i1). A full block accumulates in 8 vector
+// registers over all input channels, then goes through the epilogue.
 template <typename T>
 void pointwise_items(const T* const* in, const Layer<T>& l, const Sink<T>& out, int64_t i0,
                      int64_t i1) {
-  const int64_t hw = l.h * l.w, blocks = (hw + kBlock - 1) / kBlock;
+  using S = Simd<T>;
+  using V = typename S::V;
+  constexpr int64_t kVecs = 8, kPix = kVecs * S::kLanes;  // pixels per block
+  const int64_t hw = l.h * l.w, blocks = (hw + kPix - 1) / kPix;
   const int64_t cout_g = l.cout / l.groups;
   for (int64_t item = i0; item < i1; ++item) {
-    const int64_t co = item / blocks, q0 = (item % blocks) * kBlock;
-    const int64_t n = std::min(kBlock, hw - q0);
+    const int64_t co = item / blocks, q0 = (item % blocks) * kPix;
+    const int64_t n = std::min(kPix, hw - q0);
     const T* wt = l.weight + co * l.cin_g;
     const T* const* src = in + (co / cout_g) * l.cin_g;
-    T acc[kBlock] = {};
-    if (n == kBlock) {
+    alignas(32) T acc[kPix];
+    if (n == kPix) {
+      V a0 = {}, a1 = {}, a2 = {}, a3 = {}, a4 = {}, a5 = {}, a6 = {}, a7 = {};
       for (int64_t ci = 0; ci < l.cin_g; ++ci) {
-        const T wv = wt[ci], *sp = src[ci] + q0;
-        for (int64_t v = 0; v < kBlock; ++v) acc[v] += wv * sp[v];
+        const V w = V{} + wt[ci];
+        const T* sp = src[ci] + q0;
+        a0 += w * S::load(sp);
+        a1 += w * S::load(sp + S::kLanes);
+        a2 += w * S::load(sp + 2 * S::kLanes);
+        a3 += w * S::load(sp + 3 * S::kLanes);
+        a4 += w * S::load(sp + 4 * S::kLanes);
+        a5 += w * S::load(sp + 5 * S::kLanes);
+        a6 += w * S::load(sp + 6 * S::kLanes);
+        a7 += w * S::load(sp + 7 * S::kLanes);
       }
+      // epilogue on the registers: BatchNorm, activation, store or fuse into x
+      const V scale = V{} + l.scale[co], shift = V{} + l.shift[co], zero = {}, six = zero + 6;
+      const V fs = V{} + (out.scores ? out.scores[co] : T(1));
+      T* dst = out.planes[co] + q0;
+      const V parts[kVecs] = {a0, a1, a2, a3, a4, a5, a6, a7};
+      for (int64_t j = 0; j < kVecs; ++j) {
+        V r = parts[j] * scale + shift;
+        if (l.act != kActNone) r = r > zero ? r : zero;
+        if (l.act == kActReLU6) r = r < six ? r : six;
+        T* d = dst + j * S::kLanes;
+        S::store(d, out.add ? S::load(d) + fs * r : r);
+      }
+      continue;
     } else {
+      std::fill(acc, acc + n, T(0));
       for (int64_t ci = 0; ci < l.cin_g; ++ci) {
         const T wv = wt[ci], *sp = src[ci] + q0;
         for (int64_t v = 0; v < n; ++v) acc[v] += wv * sp[v];
@@ -162,25 +225,52 @@ U* arena(size_t n) {
 }
 
 // A stride-1 kh x kw conv on zero-padded planes (row stride ld, pointers at the padded
-// plane's top-left corner), flat: output (y, x) sits at y * ld + x of a (ho, ld) accumulator,
-// so every tap is one long contiguous multiply-add over the whole plane (the ld - wo columns
-// past each row's end are computed and dropped). Work items are output channels [i0, i1).
+// plane's top-left corner), flat: output (y, x) sits at y * ld + x of a (ho, ld) buffer, so
+// every tap of a block of outputs is a contiguous load at a fixed offset (the ld - wo columns
+// past each row's end are computed and dropped). Blocks of 8 vectors accumulate all taps in
+// registers; the epilogue then runs row by row. Work items are output channels [i0, i1).
 template <typename T>
 void window_flat_items(const T* const* in, int64_t ld, const Layer<T>& l, const Sink<T>& out,
                        int64_t i0, int64_t i1) {
+  using S = Simd<T>;
+  using V = typename S::V;
+  constexpr int64_t kPix = 8 * S::kLanes;  // outputs per register block
   const int64_t d = l.dilation, kh = l.kh, kw = l.kw, n = l.ho * ld;
   const int64_t cout_g = l.cout / l.groups;
   T* acc = arena<T, 1>(n);  // this thread's
   for (int64_t co = i0; co < i1; ++co) {
     const T* wco = l.weight + co * l.cin_g * kh * kw;
     const T* const* src = in + (co / cout_g) * l.cin_g;
-    for (int64_t q = 0; q < n; ++q) acc[q] = T(0);
-    for (int64_t ci = 0; ci < l.cin_g; ++ci) {
+    // the flat outputs in blocks of 8 vectors, every tap accumulated in registers
+    const int64_t full = n / kPix * kPix;
+    for (int64_t q0 = 0; q0 < full; q0 += kPix) {
+      V a0 = {}, a1 = {}, a2 = {}, a3 = {}, a4 = {}, a5 = {}, a6 = {}, a7 = {};
+      for (int64_t ci = 0; ci < l.cin_g; ++ci) {
+        for (int64_t i = 0; i < kh; ++i) {
+          for (int64_t j = 0; j < kw; ++j) {
+            const V w = V{} + wco[(ci * kh + i) * kw + j];
+            const T* r = src[ci] + i * d * ld + j * d + q0;
+            a0 += w * S::load(r);
+            a1 += w * S::load(r + S::kLanes);
+            a2 += w * S::load(r + 2 * S::kLanes);
+            a3 += w * S::load(r + 3 * S::kLanes);
+            a4 += w * S::load(r + 4 * S::kLanes);
+            a5 += w * S::load(r + 5 * S::kLanes);
+            a6 += w * S::load(r + 6 * S::kLanes);
+            a7 += w * S::load(r + 7 * S::kLanes);
+          }
+        }
+      }
+      const V parts[8] = {a0, a1, a2, a3, a4, a5, a6, a7};
+      for (int64_t v = 0; v < 8; ++v) S::store(acc + q0 + v * S::kLanes, parts[v]);
+    }
+    for (int64_t q = full; q < n; ++q) acc[q] = T(0);
+    for (int64_t ci = 0; ci < l.cin_g && full < n; ++ci) {
       for (int64_t i = 0; i < kh; ++i) {
         for (int64_t j = 0; j < kw; ++j) {
           const T wv = wco[(ci * kh + i) * kw + j];
           const T* r = src[ci] + i * d * ld + j * d;
-          for (int64_t q = 0; q < n; ++q) acc[q] += wv * r[q];
+          for (int64_t q = full; q < n; ++q) acc[q] += wv * r[q];
         }
       }
     }
@@ -313,7 +403,8 @@ void run_sample(const Block<T>& b, Scratch<T>& s, T* x, int64_t* idx, const T* g
     }
     const Sink<T> sink{outp.data(), fused ? given_scores : nullptr, fused};
     if (l.pointwise()) {
-      auto [i0, i1] = split(l.cout * ((l.h * l.w + kBlock - 1) / kBlock), tid, nt);
+      constexpr int64_t kPix = 8 * Simd<T>::kLanes;  // as in pointwise_items
+      auto [i0, i1] = split(l.cout * ((l.h * l.w + kPix - 1) / kPix), tid, nt);
       pointwise_items<T>(in->data(), l, sink, i0, i1);
     } else {
       const int64_t cin = l.cin_g * l.groups, p = l.padding, ld = l.w + 2 * p;
