@@ -3,8 +3,10 @@
 For every model: the CPU speed-up over mmpretrain's own baseline classifier (ResNet-50/101,
 MobileNetV2), the speed-up of the same network with its MoD blocks deleted (the ceiling, what
 MoD could give if its blocks cost nothing), and their ratio (1.0 = MoD blocks are free; the
-target is >= 0.97). Measured side by side in one process, interleaved rounds, batch 1, 224x224,
-fixed thread count; median and inter-quartile range over rounds.
+target is >= 0.97). Measured side by side in one process, batch 1, 224x224, fixed thread count:
+each model is timed together with its baseline and its ceiling in interleaved rounds of short
+measurements, so the three see the same machine state; median and inter-quartile range of the
+per-round ratios.
 
     python tools/benchmark_mod.py                         # all six models of the paper
     python tools/benchmark_mod.py --models resnet50-mod --rounds 5 --train
@@ -13,6 +15,7 @@ import argparse
 import json
 
 import torch
+from mmengine.utils import ProgressBar
 
 from mmmod.analysis.benchmark import (PAPER_CPU_SPEEDUPS, build_classifier, ratio_stats,
                                       strip_mod_blocks, time_interleaved)
@@ -22,8 +25,8 @@ def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--models', nargs='+', default=list(PAPER_CPU_SPEEDUPS),
                    choices=list(PAPER_CPU_SPEEDUPS))
-    p.add_argument('--rounds', type=int, default=10)
-    p.add_argument('--min-time', type=float, default=0.3, help='seconds per measurement')
+    p.add_argument('--rounds', type=int, default=20)
+    p.add_argument('--min-time', type=float, default=0.1, help='seconds per measurement')
     p.add_argument('--threads', type=int, default=torch.get_num_threads())
     p.add_argument('--input-size', type=int, default=224)
     p.add_argument('--batch-size', type=int, default=1)
@@ -68,14 +71,25 @@ def main():
 
     print(f'threads={args.threads} batch={args.batch_size} input={args.input_size} '
           f'channels_last={args.channels_last} torch={torch.__version__}')
-    results = {'inference': time_interleaved({n: infer(m) for n, m in models.items()},
-                                             args.rounds, args.min_time, args.threads)}
+
+    def timed(make_fn, rounds):
+        # per model: its baseline, itself and its ceiling interleaved, adjacent in time
+        timings = {}
+        bar = ProgressBar(len(args.models))
+        for name in args.models:
+            group = (PAPER_CPU_SPEEDUPS[name][0], name, f'{name} (ceiling)')
+            times = time_interleaved({n: make_fn(models[n]) for n in group}, rounds,
+                                     args.min_time, args.threads, progress=False)
+            timings.update({(name, n): t for n, t in times.items()})
+            bar.update()
+        print()
+        return timings
+
+    results = {'inference': timed(infer, args.rounds)}
     if args.train:
         for m in models.values():
             m.train()  # BN in training mode, as in a real step
-        results['train'] = time_interleaved({n: train_step(m) for n, m in models.items()},
-                                            max(3, args.rounds // 2), args.min_time,
-                                            args.threads)
+        results['train'] = timed(train_step, max(3, args.rounds // 2))
     report = {}
     for mode, timings in results.items():
         print(f'\n## {mode}: ms per call (median), speed-up over baseline [IQR]')
@@ -84,7 +98,7 @@ def main():
         print('|---|---|---|---|---|---|---|')
         for name in args.models:
             base, paper = PAPER_CPU_SPEEDUPS[name]
-            t, tb, tc = timings[name], timings[base], timings[f'{name} (ceiling)']
+            t, tb, tc = (timings[name, n] for n in (name, base, f'{name} (ceiling)'))
             sp, ce, ra = ratio_stats(tb, t), ratio_stats(tb, tc), ratio_stats(tc, t)
             row = dict(baseline=base, ms=t.median_ms, baseline_ms=tb.median_ms,
                        ceiling_ms=tc.median_ms, speedup=sp, ceiling_speedup=ce,

@@ -72,12 +72,13 @@ def load_cpp_ops(name: str, verbose: bool = False) -> bool:
             from torch.utils.cpp_extension import load
             build_dir = osp.join(extension_dir(), name)
             os.makedirs(build_dir, exist_ok=True)
-            module = load(name=f'mmmod_{name}', sources=[osp.join(CSRC, f'{name}.cpp')],
-                 # -fopenmp: at::parallel_for is header code, serial without it; the
-                 # libgomp.so.1 it links is the one torch already loaded (same soname)
-                 extra_cflags=['-O3', '-fopenmp', *_arch_flags()], extra_ldflags=['-fopenmp'],
-                 build_directory=build_dir, is_python_module=name in _PYTHON_MODULES,
-                 verbose=verbose)
+            module = load(
+                name=f'mmmod_{name}', sources=[osp.join(CSRC, f'{name}.cpp')],
+                # -fopenmp: at::parallel_for is header code, serial without it; the
+                # libgomp.so.1 it links is the one torch already loaded (same soname)
+                extra_cflags=['-O3', '-fopenmp', *_arch_flags()], extra_ldflags=['-fopenmp'],
+                build_directory=build_dir, is_python_module=name in _PYTHON_MODULES,
+                verbose=verbose)
             if name in _PYTHON_MODULES:
                 _MODULES[name] = module
             ok = True

@@ -8,7 +8,8 @@ from .selector import ChannelScorer, num_selected_channels
 
 __all__ = [
     'ChannelScorer', 'num_selected_channels', 'MoDBlock', 'gather_channels',
-    'record_selections', 'top_channels', 'FUSIONS', 'SELECTIONS', 'PiX', 'pick_or_mix', 'pix_reference', 'pix_groups',
+    'record_selections', 'top_channels', 'FUSIONS', 'SELECTIONS', 'PiX', 'pick_or_mix',
+    'pix_reference', 'pix_groups',
     'PIX_MODES', 'GATE_MODES', 'GATE_TYPES', 'ChannelGate', 'DependentGateHead',
     'IndependentGateHead', 'GateRecord', 'GatedBlockMixin', 'sample_gates', 'iter_gated_blocks',
     'gate_records'

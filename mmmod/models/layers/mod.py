@@ -399,8 +399,9 @@ class MoDBlock(nn.Module):
 
         Used where the compiled plan does not run (a hooked selector, random selection, no
         compiler, a non-contiguous or half-precision input). With the compiled operator the
-        branch and fusion are still one call. Otherwise: norms folded into the branch convs (cached), the selector as plain functions
-        (no module calls), the fusion in place into ``x``. At batch 1 a block's ~10 small ops
+        branch and fusion are still one call. Otherwise: norms folded into the branch convs
+        (cached), the selector as plain functions (no module calls), the fusion in place into
+        ``x``. At batch 1 a block's ~10 small ops
         cost more in dispatch than in arithmetic; that is what MoD loses to its zero-cost
         ceiling.
         """
