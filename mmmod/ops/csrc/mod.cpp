@@ -302,7 +302,6 @@ int64_t slack(const Layer<T>& l) {
 template <typename T>
 struct Scratch {
   T *mean = nullptr, *hid = nullptr, *scores = nullptr;
-  int64_t* order = nullptr;
   std::vector<T*> outs, padded;
   std::vector<std::vector<const T*>> ins;  // per layer: its input planes
   std::vector<std::vector<T*>> out_planes;
@@ -331,7 +330,6 @@ struct Scratch {
     mean = parts[0];
     hid = parts[1];
     scores = parts[2];
-    if (b.fc1) order = arena<int64_t>(b.C);
     for (size_t li = 0; li < L; ++li) {
       const Layer<T>& l = b.layers[li];
       outs.push_back(parts[3 + 2 * li]);
@@ -369,21 +367,24 @@ void run_sample(const Block<T>& b, Scratch<T>& s, T* x, int64_t* idx, const T* g
     }
     barrier();
     if (tid == 0) {
-      // top-k in descending order, ties to the lower channel index (mmmod's top_channels);
-      // NaN ranks highest, as in torch.sort
+      // top-k in descending order, ties to the lower channel index (mmmod's top_channels),
+      // NaN ranking highest as in torch.sort: one pass keeping the best k so far in order.
+      // Channels come in index order, so an equal score never displaces a kept one.
       const T* sc = s.scores;
-      auto key = [](T v) { return std::isnan(v) ? std::numeric_limits<T>::infinity() : v; };
-      auto before = [&](int64_t a, int64_t bb) {
-        const T va = key(sc[a]), vb = key(sc[bb]);
-        return va > vb || (va == vb && a < bb);
-      };
-      for (int64_t c = 0; c < C; ++c) s.order[c] = c;
-      if (k < C) std::nth_element(s.order, s.order + k, s.order + C, before);
-      std::sort(s.order, s.order + k, before);
-      for (int64_t c = 0; c < k; ++c) {
-        idx[c] = s.order[c];
-        sel_scores[c] = sc[s.order[c]];
+      T* best = sel_scores;  // (k,) kept scores, NaN as +inf until the end
+      int64_t kept = 0;
+      for (int64_t c = 0; c < C; ++c) {
+        const T v = std::isnan(sc[c]) ? std::numeric_limits<T>::infinity() : sc[c];
+        if (kept == k && !(v > best[k - 1])) continue;
+        int64_t pos = kept < k ? kept++ : k - 1;  // the slot it takes, then moves up
+        for (; pos > 0 && best[pos - 1] < v; --pos) {
+          best[pos] = best[pos - 1];
+          idx[pos] = idx[pos - 1];
+        }
+        best[pos] = v;
+        idx[pos] = c;
       }
+      for (int64_t c = 0; c < k; ++c) sel_scores[c] = sc[idx[c]];
     }
     barrier();
     given_scores = sel_scores;
@@ -484,7 +485,7 @@ void fold_norm(const std::vector<c10::optional<at::Tensor>>& params, size_t i, d
 }
 
 template <typename T>
-void mod_block_impl(at::Tensor& x, at::Tensor& indices, const at::Tensor& scores,
+void mod_block_impl(at::Tensor& x, int64_t* ip, int64_t k, const at::Tensor& scores,
                     const at::Tensor& fc1, const at::Tensor& fc2,
                     const std::vector<at::Tensor>& weights,
                     const std::vector<c10::optional<at::Tensor>>& params, const std::vector<double>& eps,
@@ -492,7 +493,7 @@ void mod_block_impl(at::Tensor& x, at::Tensor& indices, const at::Tensor& scores
                     at::IntArrayRef groups, at::IntArrayRef acts, int64_t offset,
                     int64_t num_threads) {
   const int64_t N = x.size(0);
-  Block<T> b{x.size(1), x.size(2), x.size(3), indices.size(1), 0, offset,
+  Block<T> b{x.size(1), x.size(2), x.size(3), k, 0, offset,
              fc1.defined() ? fc1.data_ptr<T>() : nullptr,
              fc2.defined() ? fc2.data_ptr<T>() : nullptr, {}};
   if (fc1.defined()) b.hidden = fc1.size(0);
@@ -515,9 +516,8 @@ void mod_block_impl(at::Tensor& x, at::Tensor& indices, const at::Tensor& scores
     b.layers.push_back(l);
   }
   T* xp = x.data_ptr<T>();
-  int64_t* ip = indices.data_ptr<int64_t>();
   const T* sp = scores.defined() ? scores.data_ptr<T>() : nullptr;
-  const int64_t C = b.C, HW = b.H * b.W, k = b.k;
+  const int64_t C = b.C, HW = b.H * b.W;
   // selected scores, when the selector runs here
   std::vector<T> sel(fc1.defined() ? N * k : 0);
   if (N == 1) {
@@ -544,7 +544,9 @@ void mod_block_impl(at::Tensor& x, at::Tensor& indices, const at::Tensor& scores
   });
 }
 
-at::Tensor mod_block_(at::Tensor x, at::Tensor indices, const c10::optional<at::Tensor>& scores,
+// The block on x in place; `ip` (N, k) receives the selections (fc1 given) or holds them.
+at::Tensor mod_block_core(at::Tensor x, int64_t* ip, int64_t k,
+                      const c10::optional<at::Tensor>& scores,
                       const c10::optional<at::Tensor>& fc1, const c10::optional<at::Tensor>& fc2,
                       const std::vector<c10::optional<at::Tensor>>& params, const std::vector<double>& eps,
                       const std::vector<int64_t>& strides, const std::vector<int64_t>& paddings,
@@ -554,10 +556,6 @@ at::Tensor mod_block_(at::Tensor x, at::Tensor indices, const c10::optional<at::
   TORCH_CHECK(x.dim() == 4 && x.is_contiguous() && x.device().is_cpu(),
               "mod_block_: x must be a contiguous (N, C, H, W) CPU tensor");
   const int64_t N = x.size(0), C = x.size(1);
-  TORCH_CHECK(indices.dim() == 2 && indices.size(0) == N && indices.is_contiguous() &&
-                  indices.scalar_type() == at::kLong,
-              "mod_block_: indices must be a contiguous (N, k) int64 tensor");
-  const int64_t k = indices.size(1);
   TORCH_CHECK(k >= 1 && k <= C, "mod_block_: k must be in [1, C]");
   const bool select = fc1.has_value() && fc1->defined();
   at::Tensor w1, w2, sc;
@@ -576,10 +574,10 @@ at::Tensor mod_block_(at::Tensor x, at::Tensor indices, const c10::optional<at::
   } else {
     if (scores.has_value() && scores->defined()) {
       sc = scores->contiguous();
-      TORCH_CHECK(sc.sizes() == indices.sizes() && sc.scalar_type() == x.scalar_type(),
+      TORCH_CHECK(sc.dim() == 2 && sc.size(0) == N && sc.size(1) == k &&
+                      sc.scalar_type() == x.scalar_type(),
                   "mod_block_: scores must be (N, k) like indices");
     }
-    const int64_t* ip = indices.data_ptr<int64_t>();
     TORCH_CHECK(std::all_of(ip, ip + N * k, [C](int64_t i) { return i >= 0 && i < C; }),
                 "mod_block_: indices out of range");
   }
@@ -609,10 +607,25 @@ at::Tensor mod_block_(at::Tensor x, at::Tensor indices, const c10::optional<at::
   if (N == 0) return x;
   const int64_t nt = num_threads > 0 ? num_threads : at::get_num_threads();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mod_block_", [&] {
-    mod_block_impl<scalar_t>(x, indices, sc, w1, w2, weights, params, eps, strides, paddings,
+    mod_block_impl<scalar_t>(x, ip, k, sc, w1, w2, weights, params, eps, strides, paddings,
                              dilations, groups, acts, offset, nt);
   });
   return x;
+}
+
+at::Tensor mod_block_(at::Tensor x, at::Tensor indices, const c10::optional<at::Tensor>& scores,
+                      const c10::optional<at::Tensor>& fc1, const c10::optional<at::Tensor>& fc2,
+                      const std::vector<c10::optional<at::Tensor>>& params,
+                      const std::vector<double>& eps, const std::vector<int64_t>& strides,
+                      const std::vector<int64_t>& paddings, const std::vector<int64_t>& dilations,
+                      const std::vector<int64_t>& groups, const std::vector<int64_t>& acts,
+                      int64_t offset, int64_t num_threads) {
+  TORCH_CHECK(x.dim() == 4, "mod_block_: x must be (N, C, H, W)");
+  TORCH_CHECK(indices.dim() == 2 && indices.size(0) == x.size(0) && indices.is_contiguous() &&
+                  indices.scalar_type() == at::kLong,
+              "mod_block_: indices must be a contiguous (N, k) int64 tensor");
+  return mod_block_core(x, indices.data_ptr<int64_t>(), indices.size(1), scores, fc1, fc2, params,
+                        eps, strides, paddings, dilations, groups, acts, offset, num_threads);
 }
 
 // A MoD block's inference plan: the tensors and modules the block reads, held once, so a call
@@ -634,39 +647,49 @@ class Plan {
         groups_(std::move(groups)), acts_(std::move(acts)), offset_(offset), k_(k),
         eps_(norms_.size()) {
     TORCH_CHECK(params_.size() == 6 * norms_.size(), "Plan: 6 params per layer");
+    for (const auto& n : norms_) norm_dicts_.push_back(n.attr("__dict__"));
+    selector_dict_ = selector_.attr("__dict__");
+    drop_path_dict_ = drop_path_.is_none() ? py::none() : drop_path_.attr("__dict__");
   }
 
   // x (N, C, H, W) -> x with the block applied in place, or None: run the block as modules.
   // A list `recorder` gets the (N, k) selected indices appended.
   py::object call(const at::Tensor& x, const py::object& recorder) {
-    for (size_t i = 0; i < norms_.size(); ++i) {
-      if (norms_[i].attr("training").cast<bool>()) return py::none();  // batch statistics
-      eps_[i] = norms_[i].attr("eps").cast<double>();
+    // Module state straight from the instance dicts: one lookup each (getattr would walk the
+    // class hierarchy first; cold, that costs microseconds per block).
+    for (size_t i = 0; i < norm_dicts_.size(); ++i) {
+      PyObject* training = PyDict_GetItem(norm_dicts_[i].ptr(), training_.ptr());
+      PyObject* eps = PyDict_GetItem(norm_dicts_[i].ptr(), eps_key_.ptr());
+      if (training != Py_False || !eps) return py::none();  // batch statistics, or odd
+      eps_[i] = PyFloat_AsDouble(eps);
     }
-    if (py::len(selector_.attr("_forward_hooks")) || py::len(selector_.attr("_forward_pre_hooks")))
-      return py::none();  // the hooks must see the selector called
-    if (!drop_path_.is_none() && drop_path_.attr("training").cast<bool>()) return py::none();
+    for (const py::str& key : {fwd_hooks_, fwd_pre_hooks_}) {
+      PyObject* hooks = PyDict_GetItem(selector_dict_.ptr(), key.ptr());
+      if (!hooks || PyObject_Length(hooks) != 0) return py::none();  // hooks see module calls
+    }
+    if (!drop_path_dict_.is_none() &&
+        PyDict_GetItem(drop_path_dict_.ptr(), training_.ptr()) != Py_False)
+      return py::none();
     if (torch::jit::tracer::isTracing()) return py::none();  // the trace must record modules
     // A plain dense CPU tensor: not a FakeTensor (torch.compile / export), not a functorch
-    // wrapper, of a dtype the kernel has, the dtype of every weight.
+    // wrapper, of the weights' dtype (one the kernel has).
     if (typeid(*x.unsafeGetTensorImpl()) != typeid(c10::TensorImpl) ||
         x.key_set().has(c10::DispatchKey::Python) || !x.device().is_cpu() ||
         x.layout() != at::kStrided || x.dim() != 4 || !x.is_contiguous() ||
+        x.scalar_type() != fc1_.scalar_type() ||
         (x.scalar_type() != at::kFloat && x.scalar_type() != at::kDouble))
       return py::none();
-    auto fits = [&](const at::Tensor& t) {
-      return t.scalar_type() == x.scalar_type() && t.device().is_cpu();
-    };
-    if (!fits(fc1_) || (fc2_.has_value() && !fits(*fc2_))) return py::none();
-    for (const auto& t : params_)
-      if (t.has_value() && t->defined() && !fits(*t)) return py::none();
-    at::Tensor idx = at::empty({x.size(0), k_}, x.options().dtype(at::kLong));
+    const bool record = !recorder.is_none();
+    at::Tensor idx;  // a tensor only when recorded; else this thread's scratch
+    int64_t* ip = record ? (idx = at::empty({x.size(0), k_}, x.options().dtype(at::kLong)))
+                               .data_ptr<int64_t>()
+                         : arena<int64_t, 2>(x.size(0) * k_);
     {
       py::gil_scoped_release release;
-      mod_block_(x, idx, c10::nullopt, fc1_, fc2_, params_, eps_, strides_, paddings_,
-                 dilations_, groups_, acts_, offset_, -1);
+      mod_block_core(x, ip, k_, c10::nullopt, fc1_, fc2_, params_, eps_, strides_, paddings_,
+                     dilations_, groups_, acts_, offset_, -1);
     }
-    if (!recorder.is_none()) recorder.attr("append")(idx);
+    if (record) recorder.attr("append")(idx);
     return py::cast(x);
   }
 
@@ -679,6 +702,10 @@ class Plan {
   std::vector<int64_t> strides_, paddings_, dilations_, groups_, acts_;
   int64_t offset_, k_;
   std::vector<double> eps_;
+  std::vector<py::object> norm_dicts_;
+  py::object selector_dict_, drop_path_dict_;
+  py::str training_{"training"}, eps_key_{"eps"}, fwd_hooks_{"_forward_hooks"},
+      fwd_pre_hooks_{"_forward_pre_hooks"};
 };
 
 }  // namespace

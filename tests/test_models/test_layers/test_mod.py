@@ -366,3 +366,19 @@ def test_compiled_path_is_the_same_with_any_thread_count(inference_impl):
     assert (block._plan[1] is not None) == (inference_impl == 'cpp'), 'the compiled plan ran'
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
     torch.testing.assert_close(outs[0], reference_mod(block, x), rtol=1e-4, atol=1e-4)
+
+
+def test_many_tied_scores_select_like_top_channels(inference_impl):
+    # fc2 rows drawn from three distinct rows: C = 256 scores take three values
+    torch.manual_seed(0)
+    block = MoDBlock(256, 16, make_branch(16)).eval()
+    randomize_bn(block)
+    rows = torch.randn(3, 16)
+    block.selector.fc2.weight.data.copy_(rows[torch.randint(0, 3, (256, ))])
+    x = torch.randn(3, 256, 4, 4)
+    with torch.no_grad():
+        expected = top_channels(block.selector(x), 16)[1]
+        with record_selections(block) as sel:
+            out = block(x.clone())
+    assert torch.equal(sel[''][0], expected)
+    torch.testing.assert_close(out, reference_mod(block, x), rtol=1e-4, atol=1e-4)
