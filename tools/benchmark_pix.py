@@ -3,8 +3,8 @@
     python tools/benchmark_pix.py                       # all three depths, training for 50
     python tools/benchmark_pix.py --depths 50 --rounds 20 --json pix.json
 
-In one process, same threads, interleaved rounds (every model once per round, order rotating,
-ratios per round, median [inter-quartile range]): inference of the classifiers at batch 1,
+In one process, same threads, per depth both models in interleaved rounds of short measurements
+(ratios per round, median [inter-quartile range]): inference of the classifiers at batch 1,
 224x224; a training step (forward + backward of the loss, batch 2) for ``--train-depths``; the
 MACs of both (mmengine's analyzer) next to the paper's Table 1, the FLOPs bound
 MACs(ResNet) / MACs(ResNet + PiX) and the measured speed-up as a fraction of it; and the PiX
@@ -27,8 +27,8 @@ def parse_args(argv=None):
     p.add_argument('--train-depths', type=int, nargs='*', default=[50], choices=DEPTHS,
                    help='depths whose training step is timed (none: skip)')
     p.add_argument('--train-batch-size', type=int, default=2)
-    p.add_argument('--rounds', type=int, default=10)
-    p.add_argument('--min-time', type=float, default=0.3, help='seconds per measurement')
+    p.add_argument('--rounds', type=int, default=20)
+    p.add_argument('--min-time', type=float, default=0.1, help='seconds per measurement')
     p.add_argument('--threads', type=int, default=torch.get_num_threads())
     p.add_argument('--json', help='write the results to this file')
     return p.parse_args(argv)

@@ -4,8 +4,9 @@ compiled PiX operator against a naive PyTorch one (the logic behind tools/benchm
 The FLOPs bound is the speed-up a network would get if time were proportional to MACs
 (``MACs(ResNet) / MACs(ResNet + PiX)``, 1.30x for ResNet-50 in the paper's Table 1); the
 "efficiency" is the measured speed-up divided by that bound. Timing uses
-:func:`mmmod.analysis.benchmark.time_interleaved` (rounds interleaved, ratios per round, median
-and inter-quartile range).
+:func:`mmmod.analysis.benchmark.time_interleaved` per depth -- ResNet and ResNet + PiX in
+interleaved rounds of short measurements, adjacent in time -- with ratios per round, median and
+inter-quartile range.
 """
 from typing import Dict, List, Sequence, Tuple
 
@@ -106,7 +107,7 @@ def op_fns(calls, train: bool = False) -> Dict[str, callable]:
 
 
 def benchmark(depths: Sequence[int] = DEPTHS, train_depths: Sequence[int] = (50, ),
-              rounds: int = 10, min_time: float = 0.3, threads: int = None,
+              rounds: int = 20, min_time: float = 0.1, threads: int = None,
               train_batch_size: int = 2, shape=(224, 224)) -> dict:
     """Everything tools/benchmark_pix.py prints, as a dict (see the module docstring)."""
     threads = threads or torch.get_num_threads()
@@ -118,14 +119,20 @@ def benchmark(depths: Sequence[int] = DEPTHS, train_depths: Sequence[int] = (50,
     flops = complexity_rows(models, depths)
     bounds = {r['depth']: r['bound'] for r in flops}
 
-    infer = time_interleaved({n: step_fns(models[n], 'cpu', shape, 1)['inference']
-                              for n in names}, rounds, min_time, threads)
+    def timed(depths_, mode, batch_size):
+        # one depth at a time: its pair adjacent in time sees the same machine state
+        timings = {}
+        for d in depths_:
+            timings.update(time_interleaved(
+                {n: step_fns(models[n], 'cpu', shape, batch_size)[mode] for n in model_cfgs(d)},
+                rounds, min_time, threads))
+        return timings
+
+    infer = timed(depths, 'inference', 1)
     result = dict(threads=threads, rounds=rounds, flops=flops,
                   inference=speedup_rows(infer, depths, bounds))
     if train_depths:
-        train_names = [n for d in train_depths for n in model_cfgs(d)]
-        train = time_interleaved({n: step_fns(models[n], 'cpu', shape, train_batch_size)
-                                  ['train'] for n in train_names}, rounds, min_time, threads)
+        train = timed(train_depths, 'train', train_batch_size)
         result['train'] = speedup_rows(train, train_depths, bounds)
         result['train_batch_size'] = train_batch_size
 

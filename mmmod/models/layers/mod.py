@@ -32,6 +32,7 @@ from mmcv.cnn import ConvModule
 from mmcv.cnn.bricks import DropPath
 from mmengine.utils.dl_utils.parrots_wrapper import _BatchNorm
 
+from mmmod.ops import GENERATION as _GENERATION
 from mmmod.ops import cpp_module
 from .selector import ChannelScorer
 
@@ -230,22 +231,6 @@ def _pointwise(x: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor,
     out = torch.addmm(bias[:, None], matrix, rows.t())  # (C', C) @ (C, HW) -> (C', HW)
     return out.view(1, -1, h, w)  # (C', HW) -> (1, C', H, W)
 
-
-# Counts every assignment of a module, parameter or buffer to any module (torch's global
-# registration hooks). Compiled inference plans hold references to a block's tensors and are
-# rebuilt when it changed; conversions (``.double()``, ``.to()``), which replace buffers without
-# registering them, go through ``MoDBlock._apply``.
-_GENERATION = [0]
-
-
-def _count_registration(*_):
-    _GENERATION[0] += 1
-
-
-for _register in (nn.modules.module.register_module_module_registration_hook,
-                  nn.modules.module.register_module_parameter_registration_hook,
-                  nn.modules.module.register_module_buffer_registration_hook):
-    _register(_count_registration)
 
 # Activation codes and dtypes of mmmod/ops/csrc/mod.cpp.
 _CPP_ACTS = {None: 0, nn.ReLU: 1, nn.ReLU6: 2}

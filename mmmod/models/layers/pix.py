@@ -37,6 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mmmod.ops import GENERATION
 from .selector import ChannelScorer
 
 PIX_MODES = ('pix', 'avg', 'max')
@@ -225,6 +226,7 @@ class PiX(nn.Module):
         self.out_channels = pix_groups(in_channels, zeta)
         # The sampling probability predictor phi: one FC without bias on the pooled input.
         self.scorer = ChannelScorer(in_channels, self.out_channels)
+        self._plan = None  # (generation, compiled inference plan or None), built on first use
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -232,8 +234,36 @@ class PiX(nn.Module):
         nn.init.xavier_uniform_(self.scorer.fc1.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled():
+            plan = self._plan
+            if plan is None or plan[0] != GENERATION[0]:
+                plan = self._plan = (GENERATION[0], self._make_plan())
+            if plan[1] is not None:
+                y = plan[1](x)  # scorer and sampling in one compiled call
+                if y is not None:
+                    return y
         p = self.scorer(x)  # (N, C, H, W) -> (N, G)
         return pick_or_mix(x, p, self.zeta, self.tau, self.mode)  # -> (N, G, H, W)
+
+    def _make_plan(self):
+        """The compiled inference plan of ``mmmod/ops/csrc/pix.cpp`` (None without a
+        compiler), called with x; it returns None where the module must run as usual (a
+        hooked scorer, tracing, an input that is not a plain float CPU tensor)."""
+        from mmmod.ops import cpp_module  # the same module as _fast_op_available's
+        ops = cpp_module('pix')
+        weight = self.scorer.fc1.weight
+        if ops is None or self.scorer.fc2 is not None or type(weight) is not nn.Parameter:
+            return None
+        return ops.PixPlan(weight, self.scorer, self.zeta, self.tau, _MODE_IDS[self.mode])
+
+    def _apply(self, fn, *args, **kwargs):
+        self._plan = None  # conversions replace tensors the plan holds
+        return super()._apply(fn, *args, **kwargs)
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state['_plan'] = None  # a compiled object: not picklable, rebuilt on first use
+        return state
 
     def extra_repr(self) -> str:
         return (f'{self.in_channels} -> {self.out_channels}, zeta={self.zeta}, tau={self.tau}, '

@@ -14,7 +14,13 @@
 // of torch.argmax, so the gradient matches the PyTorch reference exactly.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <torch/csrc/jit/frontend/tracer.h>
+#include <torch/extension.h>
 #include <torch/library.h>
+
+#include <cmath>
+#include <typeinfo>
+#include <vector>
 
 #include <algorithm>
 #include <cstdint>
@@ -200,9 +206,97 @@ std::tuple<at::Tensor, at::Tensor> pix_backward(const at::Tensor& grad_y, const 
   return {gx, gp};
 }
 
+// sum_i a[i] * b[i] in 16 independent partial sums (a single one would wait on the add latency).
+template <typename T>
+T dot16(const T* a, const T* b, int64_t n) {
+  T acc[16] = {};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    for (int64_t j = 0; j < 16; ++j) acc[j] += a[i + j] * b[i + j];
+  T total = 0;
+  for (; i < n; ++i) total += a[i] * b[i];
+  for (int64_t j = 0; j < 16; ++j) total += acc[j];
+  return total;
+}
+
+// A PiX module's inference plan: p = sigmoid(W mean_hw(x)) and the sampling in one call from
+// Python (a module call, a scorer call and an operator call each cost microseconds per block,
+// several times more between two big convs than warm). The selector's GEMV is split across
+// threads by rows (ATen runs a batch-1 linear on one). Returns None where the module must run
+// as usual: a hooked scorer, tracing, an input that is not a plain float CPU tensor.
+class PixPlan {
+ public:
+  PixPlan(at::Tensor weight, py::object scorer, int64_t zeta, double tau, int64_t mode)
+      : weight_(std::move(weight)), scorer_dict_(scorer.attr("__dict__")), zeta_(zeta),
+        tau_(tau), mode_(mode) {}
+
+  py::object call(const at::Tensor& x) {
+    for (const py::str& key : {fwd_hooks_, fwd_pre_hooks_}) {
+      PyObject* hooks = PyDict_GetItem(scorer_dict_.ptr(), key.ptr());
+      if (!hooks || PyObject_Length(hooks) != 0) return py::none();
+    }
+    if (torch::jit::tracer::isTracing()) return py::none();
+    if (typeid(*x.unsafeGetTensorImpl()) != typeid(c10::TensorImpl) ||
+        x.key_set().has(c10::DispatchKey::Python) || !x.device().is_cpu() ||
+        x.layout() != at::kStrided || x.dim() != 4 || !x.is_contiguous() ||
+        x.size(1) != weight_.size(1) || x.scalar_type() != weight_.scalar_type() ||
+        (x.scalar_type() != at::kFloat && x.scalar_type() != at::kDouble))
+      return py::none();
+    const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+    const int64_t G = weight_.size(0);
+    at::Tensor y = at::empty({N, G, x.size(2), x.size(3)}, x.options());
+    {
+      py::gil_scoped_release release;
+      AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pix_plan", [&] {
+        const scalar_t* xp = x.data_ptr<scalar_t>();
+        const scalar_t* wp = weight_.contiguous().data_ptr<scalar_t>();
+        std::vector<scalar_t> mean(N * C), p(N * G);
+        at::parallel_for(0, N * C, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, HW)),
+                         [&](int64_t b, int64_t e) {
+          for (int64_t nc = b; nc < e; ++nc) {
+            const scalar_t* plane = xp + nc * HW;
+            scalar_t acc[16] = {};
+            int64_t i = 0;
+            for (; i + 16 <= HW; i += 16)
+              for (int64_t j = 0; j < 16; ++j) acc[j] += plane[i + j];
+            scalar_t total = 0;
+            for (; i < HW; ++i) total += plane[i];
+            for (int64_t j = 0; j < 16; ++j) total += acc[j];
+            mean[nc] = total / static_cast<scalar_t>(HW);
+          }
+        });
+        at::parallel_for(0, N * G, std::max<int64_t>(1, 8192 / C), [&](int64_t b, int64_t e) {
+          for (int64_t ng = b; ng < e; ++ng) {
+            const scalar_t v = dot16(wp + (ng % G) * C, mean.data() + (ng / G) * C, C);
+            p[ng] = scalar_t(1) / (scalar_t(1) + std::exp(-v));
+          }
+        });
+        forward_impl<scalar_t, uint8_t>(xp, p.data(), y.data_ptr<scalar_t>(), nullptr, nullptr,
+                                        N, C, HW, zeta_, tau_, mode_);
+      });
+    }
+    return py::cast(y);
+  }
+
+ private:
+  at::Tensor weight_;  // (G, C)
+  py::object scorer_dict_;
+  int64_t zeta_;
+  double tau_;
+  int64_t mode_;
+  py::str fwd_hooks_{"_forward_hooks"}, fwd_pre_hooks_{"_forward_pre_hooks"};
+};
+
 }  // namespace
 
-// Registered as torch operators (not a pybind module) so torch.jit.trace records the call.
+// The operators are registered with torch so torch.jit.trace records their calls; the
+// inference plan, which never runs under tracing, is a Python class.
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  py::class_<PixPlan>(m, "PixPlan")
+      .def(py::init<at::Tensor, py::object, int64_t, double, int64_t>())
+      .def("__call__", &PixPlan::call, py::arg("x"));
+}
+
 TORCH_LIBRARY(mmmod_pix, m) {
   m.def("pix_forward(Tensor x, Tensor p, int zeta, float tau, int mode, bool save) "
         "-> (Tensor, Tensor, Tensor)");

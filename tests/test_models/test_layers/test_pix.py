@@ -165,3 +165,45 @@ def test_bad_shapes():
         pick_or_mix(torch.rand(1, 10, 2, 2), torch.rand(1, 2), zeta=4)
     with pytest.raises(ValueError, match=r'expects \(N, 16, H, W\)'):
         PiX(16, zeta=4)(torch.rand(1, 8, 2, 2))
+
+
+def _module_reference(module, x):
+    """PiX written out: sigmoid(FC(mean)) then the reference sampling."""
+    p = torch.sigmoid(torch.nn.functional.linear(x.mean((2, 3)), module.scorer.fc1.weight))
+    return pix_reference(x, p, module.zeta, module.tau, module.mode)
+
+
+@pytest.mark.parametrize('mode', MODES)
+@pytest.mark.parametrize('batch', [1, 3])
+def test_inference_plan_matches_the_module_written_out(mode, batch):
+    torch.manual_seed(0)
+    module = PiX(40, zeta=3, mode=mode).eval()
+    x = torch.rand(batch, 40, 9, 11)
+    with torch.no_grad():
+        out = module(x)
+        assert_close(out, _module_reference(module, x), rtol=1e-5, atol=1e-6)
+        # the compiled plan ran (where a compiler is)
+        from mmmod.ops import cpp_module
+        assert (module._plan[1] is not None) == (cpp_module('pix') is not None)
+    assert_close(module(x), out, rtol=1e-5, atol=1e-6)  # autograd path: the same values
+
+
+def test_inference_plan_honours_hooks_replaced_weights_and_copies():
+    import copy
+    import pickle
+    torch.manual_seed(0)
+    module = PiX(32, zeta=4).eval()
+    x = torch.rand(2, 32, 5, 5)
+    with torch.no_grad():
+        module(x)  # builds the plan
+        module.scorer.fc1.weight = torch.nn.Parameter(torch.randn(8, 32))
+        assert_close(module(x), _module_reference(module, x), rtol=1e-5, atol=1e-6)
+        for other in (copy.deepcopy(module), pickle.loads(pickle.dumps(module))):
+            assert_close(other(x), module(x))
+        seen = []
+        module.scorer.register_forward_hook(lambda m, i, o: seen.append(o))
+        assert_close(module(x), _module_reference(module, x), rtol=1e-5, atol=1e-6)
+        assert len(seen) == 1, 'a hooked scorer is called as a module'
+        module.double()
+        xd = x.double()
+        assert_close(module(xd), _module_reference(module, xd))
