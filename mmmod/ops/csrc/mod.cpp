@@ -159,6 +159,26 @@ inline T sum(const T* a, int64_t n) {
   return total;
 }
 
+// Eight vector accumulators: 8 * lanes consecutive outputs in registers.
+template <typename T>
+struct Acc8 {
+  using S = Simd<T>;
+  using V = typename S::V;
+  V a0 = {}, a1 = {}, a2 = {}, a3 = {}, a4 = {}, a5 = {}, a6 = {}, a7 = {};
+  // += weight * the 8 * lanes values from p on
+  inline void fma(T weight, const T* p) {
+    const V w = V{} + weight;
+    a0 += w * S::load(p);
+    a1 += w * S::load(p + S::kLanes);
+    a2 += w * S::load(p + 2 * S::kLanes);
+    a3 += w * S::load(p + 3 * S::kLanes);
+    a4 += w * S::load(p + 4 * S::kLanes);
+    a5 += w * S::load(p + 5 * S::kLanes);
+    a6 += w * S::load(p + 6 * S::kLanes);
+    a7 += w * S::load(p + 7 * S::kLanes);
+  }
+};
+
 // A 1x1 stride-1 conv over the flat (h * w) planes: work items are (output channel, block of
 // kBlock pixels); this thread runs items [i0, i1). A full block accumulates in 8 vector
 // registers over all input channels, then goes through the epilogue.
@@ -177,24 +197,13 @@ void pointwise_items(const T* const* in, const Layer<T>& l, const Sink<T>& out, 
     const T* const* src = in + (co / cout_g) * l.cin_g;
     alignas(32) T acc[kPix];
     if (n == kPix) {
-      V a0 = {}, a1 = {}, a2 = {}, a3 = {}, a4 = {}, a5 = {}, a6 = {}, a7 = {};
-      for (int64_t ci = 0; ci < l.cin_g; ++ci) {
-        const V w = V{} + wt[ci];
-        const T* sp = src[ci] + q0;
-        a0 += w * S::load(sp);
-        a1 += w * S::load(sp + S::kLanes);
-        a2 += w * S::load(sp + 2 * S::kLanes);
-        a3 += w * S::load(sp + 3 * S::kLanes);
-        a4 += w * S::load(sp + 4 * S::kLanes);
-        a5 += w * S::load(sp + 5 * S::kLanes);
-        a6 += w * S::load(sp + 6 * S::kLanes);
-        a7 += w * S::load(sp + 7 * S::kLanes);
-      }
+      Acc8<T> a;
+      for (int64_t ci = 0; ci < l.cin_g; ++ci) a.fma(wt[ci], src[ci] + q0);
       // epilogue on the registers: BatchNorm, activation, store or fuse into x
       const V scale = V{} + l.scale[co], shift = V{} + l.shift[co], zero = {}, six = zero + 6;
       const V fs = V{} + (out.scores ? out.scores[co] : T(1));
       T* dst = out.planes[co] + q0;
-      const V parts[kVecs] = {a0, a1, a2, a3, a4, a5, a6, a7};
+      const V parts[kVecs] = {a.a0, a.a1, a.a2, a.a3, a.a4, a.a5, a.a6, a.a7};
       for (int64_t j = 0; j < kVecs; ++j) {
         V r = parts[j] * scale + shift;
         if (l.act != kActNone) r = r > zero ? r : zero;
@@ -244,24 +253,14 @@ void window_flat_items(const T* const* in, int64_t ld, const Layer<T>& l, const 
     // the flat outputs in blocks of 8 vectors, every tap accumulated in registers
     const int64_t full = n / kPix * kPix;
     for (int64_t q0 = 0; q0 < full; q0 += kPix) {
-      V a0 = {}, a1 = {}, a2 = {}, a3 = {}, a4 = {}, a5 = {}, a6 = {}, a7 = {};
+      Acc8<T> a;
       for (int64_t ci = 0; ci < l.cin_g; ++ci) {
         for (int64_t i = 0; i < kh; ++i) {
-          for (int64_t j = 0; j < kw; ++j) {
-            const V w = V{} + wco[(ci * kh + i) * kw + j];
-            const T* r = src[ci] + i * d * ld + j * d + q0;
-            a0 += w * S::load(r);
-            a1 += w * S::load(r + S::kLanes);
-            a2 += w * S::load(r + 2 * S::kLanes);
-            a3 += w * S::load(r + 3 * S::kLanes);
-            a4 += w * S::load(r + 4 * S::kLanes);
-            a5 += w * S::load(r + 5 * S::kLanes);
-            a6 += w * S::load(r + 6 * S::kLanes);
-            a7 += w * S::load(r + 7 * S::kLanes);
-          }
+          for (int64_t j = 0; j < kw; ++j)
+            a.fma(wco[(ci * kh + i) * kw + j], src[ci] + i * d * ld + j * d + q0);
         }
       }
-      const V parts[8] = {a0, a1, a2, a3, a4, a5, a6, a7};
+      const V parts[8] = {a.a0, a.a1, a.a2, a.a3, a.a4, a.a5, a.a6, a.a7};
       for (int64_t v = 0; v < 8; ++v) S::store(acc + q0 + v * S::kLanes, parts[v]);
     }
     for (int64_t q = full; q < n; ++q) acc[q] = T(0);
