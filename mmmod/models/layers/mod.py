@@ -17,10 +17,13 @@ top-k, one gather and one strided add, whatever the input.
 
 Inference is engineered for speed while training stays exact:
 
-* without autograd the fusion adds in place into ``x`` (no copy of the feature map);
-* without autograd and with frozen norms, each conv-norm pair of the branch runs as one conv
-  with the norm folded in (weights cached, refreshed when a parameter changes);
-* for batch size 1 the gather is a plain ``index_select``.
+* without autograd and with frozen norms the whole block is one compiled call (a plan built
+  once per block, ``mmmod/ops/csrc/mod.cpp``): selector, top-k, gather by channel pointers,
+  the branch with its norms folded, the scaled fusion added into ``x`` in place;
+* without a compiler the same path runs on PyTorch ops: convs with the norms folded in
+  (cached, refreshed when a parameter changes), 1x1 convs as one ``addmm`` at batch 1, the
+  fusion in place;
+* top-k ties go to the lower channel index in every path (:func:`top_channels`).
 """
 from contextlib import contextmanager
 from typing import Dict, List, Optional
