@@ -97,7 +97,6 @@ inline void finish(const T* acc, int64_t n, T scale, T shift, int64_t act, T* ds
 }
 
 // Outputs per register block: 64 floats = 8 AVX registers of accumulators.
-constexpr int64_t kBlock = 64;
 
 // Explicit 32-byte vectors (GCC/Clang vector extensions: AVX where compiled for it, pairs of
 // SSE registers otherwise): a 1x1 conv keeps its accumulators in registers only this way --
@@ -123,41 +122,37 @@ inline T reduce(const typename Simd<T>::V& v) {
   return total;
 }
 
-template <typename T>
-inline T dot(const T* a, const T* b, int64_t n) {
+// sum_i a[i] * b[i] (Dot) or sum_i a[i].
+template <typename T, bool Dot>
+inline T accumulate(const T* a, const T* b, int64_t n) {
   using S = Simd<T>;
   using V = typename S::V;
   constexpr int64_t L = S::kLanes;
+  auto term = [&](int64_t i) {
+    if constexpr (Dot) {
+      return S::load(a + i) * S::load(b + i);
+    } else {
+      return S::load(a + i);
+    }
+  };
   V s0 = {}, s1 = {}, s2 = {}, s3 = {};
   int64_t i = 0;
   for (; i + 4 * L <= n; i += 4 * L) {
-    s0 += S::load(a + i) * S::load(b + i);
-    s1 += S::load(a + i + L) * S::load(b + i + L);
-    s2 += S::load(a + i + 2 * L) * S::load(b + i + 2 * L);
-    s3 += S::load(a + i + 3 * L) * S::load(b + i + 3 * L);
+    s0 += term(i);
+    s1 += term(i + L);
+    s2 += term(i + 2 * L);
+    s3 += term(i + 3 * L);
   }
   T total = reduce<T>((s0 + s1) + (s2 + s3));
-  for (; i < n; ++i) total += a[i] * b[i];
+  for (; i < n; ++i) total += Dot ? a[i] * b[i] : a[i];
   return total;
 }
 
 template <typename T>
-inline T sum(const T* a, int64_t n) {
-  using S = Simd<T>;
-  using V = typename S::V;
-  constexpr int64_t L = S::kLanes;
-  V s0 = {}, s1 = {}, s2 = {}, s3 = {};
-  int64_t i = 0;
-  for (; i + 4 * L <= n; i += 4 * L) {
-    s0 += S::load(a + i);
-    s1 += S::load(a + i + L);
-    s2 += S::load(a + i + 2 * L);
-    s3 += S::load(a + i + 3 * L);
-  }
-  T total = reduce<T>((s0 + s1) + (s2 + s3));
-  for (; i < n; ++i) total += a[i];
-  return total;
-}
+inline T dot(const T* a, const T* b, int64_t n) { return accumulate<T, true>(a, b, n); }
+
+template <typename T>
+inline T sum(const T* a, int64_t n) { return accumulate<T, false>(a, nullptr, n); }
 
 // Eight vector accumulators: 8 * lanes consecutive outputs in registers.
 template <typename T>
@@ -180,7 +175,7 @@ struct Acc8 {
 };
 
 // A 1x1 stride-1 conv over the flat (h * w) planes: work items are (output channel, block of
-// kBlock pixels); this thread runs items [i0, i1). A full block accumulates in 8 vector
+// 8 vectors of pixels); this thread runs items [i0, i1). A full block accumulates in 8 vector
 // registers over all input channels, then goes through the epilogue.
 template <typename T>
 void pointwise_items(const T* const* in, const Layer<T>& l, const Sink<T>& out, int64_t i0,
@@ -640,15 +635,15 @@ class Plan {
        std::vector<int64_t> dilations, std::vector<int64_t> groups, std::vector<int64_t> acts,
        int64_t offset, int64_t k)
       : fc1_(std::move(fc1)), fc2_(std::move(fc2)), params_(std::move(params)),
-        norms_(std::move(norms)), selector_(std::move(selector)),
-        drop_path_(std::move(drop_path)), strides_(std::move(strides)),
+        strides_(std::move(strides)),
         paddings_(std::move(paddings)), dilations_(std::move(dilations)),
         groups_(std::move(groups)), acts_(std::move(acts)), offset_(offset), k_(k),
-        eps_(norms_.size()) {
-    TORCH_CHECK(params_.size() == 6 * norms_.size(), "Plan: 6 params per layer");
-    for (const auto& n : norms_) norm_dicts_.push_back(n.attr("__dict__"));
-    selector_dict_ = selector_.attr("__dict__");
-    drop_path_dict_ = drop_path_.is_none() ? py::none() : drop_path_.attr("__dict__");
+        eps_(norms.size()) {
+    TORCH_CHECK(params_.size() == 6 * norms.size(), "Plan: 6 params per layer");
+    // the modules' instance dicts: what is read per call (the block owns the modules)
+    for (const auto& n : norms) norm_dicts_.push_back(n.attr("__dict__"));
+    selector_dict_ = selector.attr("__dict__");
+    drop_path_dict_ = drop_path.is_none() ? py::none() : drop_path.attr("__dict__");
   }
 
   // x (N, C, H, W) -> x with the block applied in place, or None: run the block as modules.
@@ -696,8 +691,6 @@ class Plan {
   at::Tensor fc1_;
   c10::optional<at::Tensor> fc2_;
   std::vector<c10::optional<at::Tensor>> params_;
-  std::vector<py::object> norms_;
-  py::object selector_, drop_path_;
   std::vector<int64_t> strides_, paddings_, dilations_, groups_, acts_;
   int64_t offset_, k_;
   std::vector<double> eps_;
