@@ -2,9 +2,11 @@
 
 ``import mmmod`` (or ``custom_imports=dict(imports=['mmmod'])`` in a config) registers every
 backbone, hook and dataset helper in mmengine's root registries (see :mod:`mmmod.registry`) and
-installs the checkpoint-loading shim today's torch needs (see :mod:`mmmod.compat`).
+wraps mmengine's checkpoint loaders so that they read mmengine's own checkpoints under torch's
+``weights_only`` (see :mod:`mmmod.compat.checkpoint`).
 """
-from . import compat  # noqa: F401  (first: allow-lists mmengine checkpoint types for torch.load)
+from . import compat  # noqa: F401  (first: mmengine checkpoints load safely)
+from . import datasets  # noqa: F401  (registers the CheckSegMapShape transform)
 from . import engine  # noqa: F401  (registers the hooks)
 from . import models  # noqa: F401
 from .version import __version__

@@ -15,7 +15,9 @@ import os.path as osp
 
 import torch
 
-import mmmod  # noqa: F401  allow-lists the types mmengine writes, so training checkpoints load
+from mmengine.runner.checkpoint import _load_checkpoint
+
+import mmmod  # noqa: F401  mmengine's loaders read training checkpoints safely
 
 # What a Runner checkpoint holds besides the weights, needed to resume only.
 TRAINING_STATE = ('optimizer', 'param_schedulers', 'message_hub', 'ema_state_dict')
@@ -32,7 +34,7 @@ def sha256_of(path: str) -> str:
 
 def publish(in_file: str, out_file: str) -> str:
     """Write ``in_file`` without training state as ``<out stem>-<sha256[:8]>.pth``; return it."""
-    checkpoint = torch.load(in_file, map_location='cpu')
+    checkpoint = _load_checkpoint(in_file, map_location='cpu')
     if 'state_dict' not in checkpoint:
         raise KeyError(f'{in_file} has no "state_dict"; is it a checkpoint written by '
                        f'mmengine\'s Runner? keys: {sorted(checkpoint)}')

@@ -1,16 +1,19 @@
 """The shims today's torch needs under mmengine 0.10.7.
 
 - :mod:`.checkpoint`: mmengine's own checkpoints load under torch's ``weights_only=True``
-  default (allow-list installed here, on import).
+  default, through mmengine's checkpoint loaders (wrapped here, on import); every other
+  ``torch.load`` in the process is left as torch made it.
 - :mod:`.dist`: multi-process training on CPU (gloo) and a check for mmcv's compiled ops.
 """
-from .checkpoint import (UNSAFE_LOAD_ENV, allow_mmengine_checkpoints,
-                         allow_unsafe_checkpoint_loading, mmengine_safe_globals)
+from .checkpoint import (SAFE_GLOBALS, UNSAFE_LOAD_ENV, ChecksumError,
+                         allow_unsafe_checkpoint_loading, install_checkpoint_loaders,
+                         mmengine_checkpoint_loading, verify_checksum)
 from .dist import check_mmcv_ops, revert_sync_bn_cfg, setup_distributed
 
-allow_mmengine_checkpoints()
+install_checkpoint_loaders()
 
 __all__ = [
-    'UNSAFE_LOAD_ENV', 'allow_mmengine_checkpoints', 'allow_unsafe_checkpoint_loading',
-    'mmengine_safe_globals', 'check_mmcv_ops', 'revert_sync_bn_cfg', 'setup_distributed'
+    'SAFE_GLOBALS', 'UNSAFE_LOAD_ENV', 'ChecksumError', 'allow_unsafe_checkpoint_loading',
+    'install_checkpoint_loaders', 'mmengine_checkpoint_loading', 'verify_checksum',
+    'check_mmcv_ops', 'revert_sync_bn_cfg', 'setup_distributed'
 ]

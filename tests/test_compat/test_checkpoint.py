@@ -1,10 +1,16 @@
-"""mmengine's own checkpoints load under ``weights_only=True``; nothing else does."""
+"""mmengine's own checkpoints load through mmengine's loaders; nothing else widens torch.load.
+
+The crafted files below are built opcode by opcode (:class:`PickleWriter`) so that each test
+says exactly what the file asks the unpickler to do.
+"""
+import hashlib
 import io
 import os
 import pickle
 import subprocess
 import sys
 import textwrap
+import zipfile
 
 import numpy as np
 import pytest
@@ -13,14 +19,18 @@ from mmengine.evaluator import BaseMetric
 from mmengine.logging import HistoryBuffer
 from mmengine.model import BaseModel
 from mmengine.runner import Runner
-from mmengine.runner.checkpoint import _load_checkpoint
+from mmengine.runner.checkpoint import CheckpointLoader, _load_checkpoint
 from torch import nn
 
-from mmmod.compat import (UNSAFE_LOAD_ENV, allow_mmengine_checkpoints,
-                          allow_unsafe_checkpoint_loading, mmengine_safe_globals)
-from mmmod.compat.checkpoint import history_buffer_getattr
+from mmmod.compat import (SAFE_GLOBALS, UNSAFE_LOAD_ENV, ChecksumError,
+                          allow_unsafe_checkpoint_loading, install_checkpoint_loaders,
+                          mmengine_checkpoint_loading, verify_checksum)
+from mmmod.compat.checkpoint import STATISTICS, history_buffer_getattr
 
 HISTORY_BUFFER_ERROR = 'Unsupported global: GLOBAL mmengine.logging.history_buffer.HistoryBuffer'
+HB_MODULE = 'mmengine.logging.history_buffer'
+# bounds a hung interpreter, not a slow one
+HANG_TIMEOUT_S = 1800
 
 
 class ToyModel(BaseModel):
@@ -72,41 +82,300 @@ def runner_checkpoint(tmp_path_factory):
     return work_dir / 'iter_2.pth'
 
 
-def _load_in_fresh_interpreter(path, prelude='', env_extra=None):
-    code = textwrap.dedent(f'''
-        {prelude}
-        import torch
-        ckpt = torch.load({str(path)!r}, map_location='cpu')
-        print('loaded', sorted(ckpt))
-    ''')
-    env = dict(os.environ, OMP_NUM_THREADS='1', **(env_extra or {}))
-    if not env_extra:
-        env.pop(UNSAFE_LOAD_ENV, None)
-    return subprocess.run([sys.executable, '-c', code], env=env, capture_output=True,
-                          text=True, timeout=120)
+def _run_python(code, env_extra=None):
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    env.pop(UNSAFE_LOAD_ENV, None)
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, '-c', textwrap.dedent(code)], env=env,
+                          capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
 
 
 @pytest.fixture
-def without_allow_list():
-    """torch's allow-list emptied for the test, restored afterwards."""
-    saved = torch.serialization.get_safe_globals()
-    torch.serialization.clear_safe_globals()
+def unchanged_process_state():
+    """Asserts that a test leaves torch's allow-list and HistoryBuffer's class dict as found."""
+    HistoryBuffer()  # as any HistoryBuffer does: the class dict gets mmengine's four defaults
+    globals_before = set(torch.serialization.get_safe_globals())
+    methods_before = dict(HistoryBuffer._statistics_methods)
     yield
-    torch.serialization.clear_safe_globals()
-    torch.serialization.add_safe_globals(saved)
+    assert set(torch.serialization.get_safe_globals()) == globals_before
+    assert HistoryBuffer._statistics_methods == methods_before
 
 
-def _name(safe_global):
-    if isinstance(safe_global, tuple):
-        return safe_global[1]
-    return f'{safe_global.__module__}.{safe_global.__qualname__}'
+# --- crafted files -------------------------------------------------------------------------
 
 
-def test_allow_list_covers_what_runner_writes(runner_checkpoint, without_allow_list):
+class PickleWriter:
+    """A protocol-2 pickle written opcode by opcode; values are kept in the memo."""
+
+    def __init__(self):
+        self.out = [pickle.PROTO + b'\x02']
+        self.memo = 0
+
+    def op(self, code: bytes):
+        self.out.append(code)
+
+    def glob(self, module, name):
+        self.op(pickle.GLOBAL + f'{module}\n{name}\n'.encode())
+
+    def string(self, text):
+        data = text.encode()
+        self.op(pickle.BINUNICODE + len(data).to_bytes(4, 'little') + data)
+
+    def keep(self) -> int:
+        """Memoize the top of the stack; returns its memo index. (It stays on the stack:
+        torch's unpickler has no POP, and STOP returns the top.)"""
+        self.op(pickle.BINPUT + bytes([self.memo]))
+        self.memo += 1
+        return self.memo - 1
+
+    def get(self, index):
+        self.op(pickle.BINGET + bytes([index]))
+
+    def call(self, func, *args):
+        """``func(*args)`` (REDUCE); ``func`` and args are callables pushing one value each."""
+        func()
+        self.op(pickle.MARK)
+        for push in args:
+            push()
+        self.op(pickle.TUPLE + pickle.REDUCE)
+        return self.keep()
+
+    def data(self, final=None) -> bytes:
+        if final is None:
+            self.op(pickle.NONE)
+        else:
+            self.get(final)
+        return b''.join(self.out + [pickle.STOP])
+
+
+def as_checkpoint(path, pickled: bytes):
+    """A torch zip checkpoint whose ``data.pkl`` is ``pickled``."""
+    buffer = io.BytesIO()
+    torch.save({}, buffer)
+    with zipfile.ZipFile(io.BytesIO(buffer.getvalue())) as src, \
+            zipfile.ZipFile(path, 'w', zipfile.ZIP_STORED) as dst:
+        for name in src.namelist():
+            dst.writestr(name, pickled if name.endswith('/data.pkl') else src.read(name))
+    return path
+
+
+def crafted_reduce(marker) -> bytes:
+    """The classic: ``os.mkdir(marker)`` by REDUCE."""
+    w = PickleWriter()
+    result = w.call(lambda: w.glob('os', 'mkdir'), lambda: w.string(str(marker)))
+    return w.data(result)
+
+
+def crafted_getattr_init() -> bytes:
+    """``getattr(HistoryBuffer, '__init__')``: a way out to ``__globals__`` by the allowed
+    getattr."""
+    w = PickleWriter()
+    result = w.call(lambda: w.glob('builtins', 'getattr'), lambda: w.glob(HB_MODULE, 'HistoryBuffer'),
+                    lambda: w.string('__init__'))
+    return w.data(result)
+
+
+def crafted_setstate_escape(marker) -> bytes:
+    """The ``HistoryBuffer.__setstate__`` escape, ending in ``eval('os.mkdir(marker)')``.
+
+    1. A HistoryBuffer whose state names dunder "statistics": mmengine's ``__setstate__`` adds
+       them to the CLASS-level ``_statistics_methods``, which a getattr that takes its allowed
+       names from that dict then returns for the rest of the process.
+    2. ``getattr(HistoryBuffer, ...)`` then yields ``type``, ``object.__getattribute__`` and a
+       builtin method (whose type is that of ``eval``).
+    3. torch's allowed ``_rebuild_from_type_v2(func, new_type, args, state)`` calls ``func``:
+       ``HistoryBuffer.mean.__builtins__['eval'](payload)``.
+    """
+    w = PickleWriter()
+    w.glob(HB_MODULE, 'HistoryBuffer')
+    hb = w.keep()
+    w.get(hb)
+    w.op(pickle.EMPTY_TUPLE + pickle.NEWOBJ + pickle.EMPTY_DICT)
+    w.string('statistics_methods')
+    w.op(pickle.EMPTY_DICT + pickle.MARK)
+    for name in ('__class__', '__getattribute__', '__subclasshook__'):
+        w.string(name)
+        w.op(pickle.NONE)
+    w.op(pickle.SETITEMS + pickle.SETITEM + pickle.BUILD)
+
+    def hb_attr(name):
+        return w.call(lambda: w.glob('builtins', 'getattr'), lambda: w.get(hb),
+                      lambda: w.string(name))
+
+    type_, getattribute, builtin_method, mean = map(
+        hb_attr, ('__class__', '__getattribute__', '__subclasshook__', 'mean'))
+
+    def rebuild(func, new_type, *args):
+        def push_args():
+            w.op(pickle.MARK)
+            for push in args:
+                push()
+            w.op(pickle.TUPLE)
+
+        return w.call(lambda: w.glob('torch._tensor', '_rebuild_from_type_v2'),
+                      lambda: w.get(func), lambda: w.get(new_type), push_args,
+                      lambda: w.op(pickle.EMPTY_DICT))
+
+    builtin_type = rebuild(type_, type_, lambda: w.get(builtin_method))
+    dict_type = rebuild(getattribute, type_, lambda: w.op(pickle.EMPTY_DICT),
+                        lambda: w.string('__class__'))
+    builtins = rebuild(getattribute, dict_type, lambda: w.get(mean),
+                       lambda: w.string('__builtins__'))
+    getitem = rebuild(getattribute, builtin_type, lambda: w.get(builtins),
+                      lambda: w.string('__getitem__'))
+    eval_ = rebuild(getitem, builtin_type, lambda: w.string('eval'))
+    result = rebuild(eval_, type_, lambda: w.string(f'__import__("os").mkdir({str(marker)!r})'))
+    return w.data(result)
+
+
+# The allow-list mmmod shipped before: the real HistoryBuffer, and a getattr that reads its
+# allowed names from HistoryBuffer's class-level dict.
+PREVIOUS_ALLOW_LIST = '''
+import torch
+from mmengine.logging import HistoryBuffer
+
+def previous_getattr(obj, name):
+    if obj is HistoryBuffer and name in {'min', 'max', 'current', 'mean',
+                                         *HistoryBuffer._statistics_methods}:
+        return getattr(HistoryBuffer, name)
+    raise RuntimeError(f'refused {name}')
+
+previous = [HistoryBuffer, (previous_getattr, 'builtins.getattr')]
+'''
+
+
+def test_setstate_escape_ran_code_under_previous_allow_list(tmp_path):
+    """The crafted file is a real exploit of the scheme this module replaced (so the tests
+    below refuse something that did run code)."""
+    marker = tmp_path / 'pwned'
+    path = as_checkpoint(tmp_path / 'escape.pth', crafted_setstate_escape(marker))
+    proc = _run_python(PREVIOUS_ALLOW_LIST + f'''
+with torch.serialization.safe_globals(previous):
+    try:
+        torch.load({str(path)!r}, weights_only=True)
+    except Exception as e:
+        print(type(e).__name__)
+''')
+    assert proc.returncode == 0, proc.stderr
+    assert marker.is_dir()
+
+
+@pytest.mark.parametrize('kind', ['reduce', 'getattr', 'setstate'])
+@pytest.mark.parametrize('through', ['mmengine', 'torch.load'])
+def test_crafted_checkpoints_refused_without_trace(kind, through, tmp_path,
+                                                   unchanged_process_state):
+    marker = tmp_path / 'pwned'
+    pickled = dict(reduce=lambda: crafted_reduce(marker), getattr=crafted_getattr_init,
+                   setstate=lambda: crafted_setstate_escape(marker))[kind]()
+    path = as_checkpoint(tmp_path / f'{kind}.pth', pickled)
+    with pytest.raises(pickle.UnpicklingError):
+        if through == 'mmengine':
+            _load_checkpoint(str(path), map_location='cpu')
+        else:
+            torch.load(path, weights_only=True)
+    assert not marker.exists()
+
+
+def test_setstate_escape_refused_at_the_history_buffer(tmp_path, unchanged_process_state):
+    """The stand-in refuses the poisoned state itself, before any getattr is tried."""
+    path = as_checkpoint(tmp_path / 'escape.pth', crafted_setstate_escape(tmp_path / 'pwned'))
+    with pytest.raises(pickle.UnpicklingError, match=r'a HistoryBuffer state with keys \['):
+        _load_checkpoint(str(path), map_location='cpu')
+
+
+def _load_bytes(data: bytes):
+    with mmengine_checkpoint_loading():
+        return torch.load(io.BytesIO(data), weights_only=True)
+
+
+def _saved(obj) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def test_history_buffer_rebuilt_and_validated(unchanged_process_state):
+    buffer = _load_bytes(_saved(dict(loss=HistoryBuffer([1.0, 3.0], [1, 1], max_length=5))))
+    loss = buffer['loss']
+    assert type(loss) is HistoryBuffer
+    assert loss.max_length == 5 and float(loss.mean()) == 2.0
+    assert float(loss.statistics('max')) == 3.0
+    assert 'statistics_methods' not in vars(loss)
+
+
+@pytest.mark.parametrize('state, match', [
+    (dict(max_length=5, _log_history=np.array(['a'], dtype=object),
+          _count_history=np.array([1])), 'numpy dtype'),
+    (dict(max_length=5, _log_history=np.array(['a']), _count_history=np.array([1])),
+     'numpy dtype'),
+    (dict(max_length=5, _log_history=np.zeros((2, 2)), _count_history=np.zeros(2)),
+     '1-d numeric ndarray'),
+    (dict(max_length=5, _log_history=np.zeros(2), _count_history=np.zeros(3)), 'equal lengths'),
+    (dict(max_length=0, _log_history=np.zeros(2), _count_history=np.zeros(2)), 'an int >= 1'),
+    (dict(max_length=5, _log_history=np.zeros(2)), 'a HistoryBuffer state with keys'),
+    (dict(max_length=5, _log_history=np.zeros(2), _count_history=np.zeros(2), extra=1),
+     'a HistoryBuffer state with keys'),
+])
+def test_history_buffer_bad_state_refused(state, match, unchanged_process_state):
+    holder = HistoryBuffer()
+    vars(holder).clear()
+    vars(holder).update(state)
+    with pytest.raises(pickle.UnpicklingError, match=match):
+        _load_bytes(_saved(dict(loss=holder)))
+
+
+@pytest.mark.parametrize('methods', [
+    {'mean': HistoryBuffer.max},  # a known name bound to another function
+    {'median': HistoryBuffer.mean},  # a name outside mmengine's four
+])
+def test_history_buffer_statistics_from_fixed_set(methods, monkeypatch,
+                                                  unchanged_process_state):
+    """Statistics methods must be mmengine's four, each as itself."""
+    with monkeypatch.context() as m:  # __getstate__ writes the class-level dict
+        m.setattr(HistoryBuffer, '_statistics_methods', methods)
+        data = _saved(dict(loss=HistoryBuffer([1.0], [1])))
+    with pytest.raises(pickle.UnpicklingError, match='HistoryBuffer statistics'):
+        _load_bytes(data)
+
+
+def test_getattr_from_fixed_set_never_private():
+    assert all(not name.startswith('_') for name in STATISTICS)
+    assert history_buffer_getattr(HistoryBuffer, 'mean') is vars(HistoryBuffer)['mean']
+    for obj, name in ((HistoryBuffer, '__init__'), (HistoryBuffer, '__class__'),
+                      (np.ndarray, 'tofile')):
+        with pytest.raises(pickle.UnpicklingError, match='allowed: HistoryBuffer.current'):
+            history_buffer_getattr(obj, name)
+
+
+def test_registered_statistics_do_not_extend_getattr(monkeypatch):
+    """Even names registered in the process (HistoryBuffer.register_statistics) stay out."""
+    monkeypatch.setitem(HistoryBuffer._statistics_methods, 'median', HistoryBuffer.mean)
+    with pytest.raises(pickle.UnpicklingError):
+        history_buffer_getattr(HistoryBuffer, 'median')
+
+
+@pytest.mark.parametrize('value', [np.array([1, 'x'], dtype=object), np.array(['x']),
+                                   np.array([(1, 2.0)], dtype='i4,f8')])
+def test_non_numeric_arrays_refused(value, unchanged_process_state):
+    with pytest.raises(pickle.UnpicklingError):
+        _load_bytes(_saved(dict(value=value)))
+
+
+def test_numeric_numpy_values_load(unchanged_process_state):
+    out = _load_bytes(_saved(dict(a=np.arange(3, dtype=np.int16), b=np.float64(0.5),
+                                  c=np.array([True, False]))))
+    np.testing.assert_array_equal(out['a'], [0, 1, 2])
+    assert out['b'] == 0.5 and out['a'].dtype == np.int16 and out['c'].dtype == bool
+
+
+# --- real checkpoints ----------------------------------------------------------------------
+
+
+def test_allow_list_covers_what_runner_writes(runner_checkpoint):
     """The globals beyond torch's defaults, found in a Runner checkpoint, are allow-listed.
 
     (The concrete dtype classes are no globals in the pickle; the unpickler checks them when
-    it sets a dtype's state, which test_runner_checkpoint_loads_weights_only covers.)
+    it sets a dtype's state, which test_mmengine_loader_reads_runner_checkpoint covers.)
     """
     needed = set(torch.serialization.get_unsafe_globals_in_checkpoint(str(runner_checkpoint)))
     multiarray = np.zeros(1).__reduce__()[0].__module__  # the spelling this numpy writes
@@ -118,84 +387,96 @@ def test_allow_list_covers_what_runner_writes(runner_checkpoint, without_allow_l
         f'{multiarray}._reconstruct',
         f'{multiarray}.scalar',  # the best score, an np.float64
     }
-    assert needed <= {_name(g) for g in mmengine_safe_globals()}
+    names = {g[1] if isinstance(g, tuple) else f'{g.__module__}.{g.__qualname__}'
+             for g in SAFE_GLOBALS}
+    assert needed <= names
 
 
-def test_runner_checkpoint_loads_weights_only(runner_checkpoint):
-    ckpt = torch.load(runner_checkpoint, map_location='cpu', weights_only=True)
-    assert ckpt['meta']['iter'] == 2
-    loss = ckpt['message_hub']['log_scalars']['train/loss']
-    assert isinstance(loss, HistoryBuffer) and len(loss.data[0]) == 2
-    best = ckpt['message_hub']['runtime_info']['best_score']
-    assert isinstance(best, np.float64)
-
-
-def test_mmengine_loader_reads_runner_checkpoint(runner_checkpoint):
-    """The call Runner.resume and load_from make: torch.load without weights_only."""
+def test_mmengine_loader_reads_runner_checkpoint(runner_checkpoint, unchanged_process_state):
+    """The call Runner.resume and load_from make."""
     ckpt = _load_checkpoint(str(runner_checkpoint), map_location='cpu')
     assert set(ckpt) >= {'meta', 'state_dict', 'message_hub', 'optimizer', 'param_schedulers'}
+    assert ckpt['meta']['iter'] == 2
+    loss = ckpt['message_hub']['log_scalars']['train/loss']
+    assert type(loss) is HistoryBuffer and len(loss.data[0]) == 2
+    assert isinstance(ckpt['message_hub']['runtime_info']['best_score'], np.float64)
 
 
-def test_fresh_interpreter_fails_without_allow_list(runner_checkpoint):
-    proc = _load_in_fresh_interpreter(runner_checkpoint)
-    assert proc.returncode != 0
-    assert 'UnpicklingError' in proc.stderr
-    assert HISTORY_BUFFER_ERROR in proc.stderr
+def test_runner_resumes_from_checkpoint(runner_checkpoint, tmp_path):
+    dataset = [dict(inputs=torch.randn(2)) for _ in range(4)]
+    loader = dict(dataset=dataset, sampler=dict(type='DefaultSampler', shuffle=False),
+                  batch_size=2, collate_fn=dict(type='pseudo_collate'))
+    runner = Runner(
+        model=ToyModel(), work_dir=str(tmp_path), train_dataloader=loader,
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.01, momentum=0.9)),
+        train_cfg=dict(by_epoch=False, max_iters=4), resume=True,
+        load_from=str(runner_checkpoint), experiment_name=f'resume_{os.getpid()}')
+    runner.train()
+    assert runner.iter == 4
 
 
-def test_fresh_interpreter_loads_after_import_mmmod(runner_checkpoint):
-    proc = _load_in_fresh_interpreter(runner_checkpoint, prelude='import mmmod')
+def test_plain_torch_load_sees_no_allow_list(runner_checkpoint):
+    """After ``import mmmod``: torch.load refuses as without it, mmengine's loader reads, and
+    torch's allow-list holds nothing of mmmod's before, during or after (torch lists some
+    types of its own there)."""
+    proc = _run_python(f'''
+        import torch, mmmod
+        from mmengine.runner.checkpoint import _load_checkpoint
+        from mmmod.compat import SAFE_GLOBALS
+
+        def mmmod_entries():
+            ours = {{id(g[0] if isinstance(g, tuple) else g) for g in SAFE_GLOBALS}}
+            return [g for g in torch.serialization.get_safe_globals()
+                    if id(g[0] if isinstance(g, tuple) else g) in ours]
+
+        assert mmmod_entries() == [], 'allow-list set on import'
+        try:
+            torch.load({str(runner_checkpoint)!r}, map_location='cpu')
+        except Exception as e:
+            print('torch.load:', type(e).__name__, e)
+        ckpt = _load_checkpoint({str(runner_checkpoint)!r}, map_location='cpu')
+        print('mmengine:', sorted(ckpt))
+        assert mmmod_entries() == [], 'allow-list left after loading'
+    ''')
     assert proc.returncode == 0, proc.stderr
-    assert "'message_hub'" in proc.stdout
+    assert 'torch.load: UnpicklingError' in proc.stdout
+    assert HISTORY_BUFFER_ERROR in proc.stdout
+    assert "mmengine: ['message_hub', 'meta'" in proc.stdout
 
 
-def test_unsafe_switch_loads_without_allow_list(runner_checkpoint):
-    proc = _load_in_fresh_interpreter(runner_checkpoint, env_extra={UNSAFE_LOAD_ENV: '1'})
+def test_unsafe_switch_loads_in_fresh_interpreter(runner_checkpoint):
+    proc = _run_python(f'''
+        import torch
+        print(sorted(torch.load({str(runner_checkpoint)!r}, map_location='cpu')))
+    ''', env_extra={UNSAFE_LOAD_ENV: '1'})
     assert proc.returncode == 0, proc.stderr
 
 
-class NotAllowed:
-    pass
+def test_allow_unsafe_sets_torch_switch(monkeypatch):
+    monkeypatch.setenv(UNSAFE_LOAD_ENV, '0')  # and monkeypatch restores the outer value
+    allow_unsafe_checkpoint_loading()
+    assert os.environ[UNSAFE_LOAD_ENV] == '1'
 
 
-def test_getattr_limited_to_history_buffer_statistics():
-    assert history_buffer_getattr(HistoryBuffer, 'mean') is HistoryBuffer.mean
-    with pytest.raises(pickle.UnpicklingError, match='only for HistoryBuffer'):
-        history_buffer_getattr(HistoryBuffer, '__init__')
-    with pytest.raises(pickle.UnpicklingError, match='only for HistoryBuffer'):
-        history_buffer_getattr(np.ndarray, 'tofile')
+def test_context_nests_and_keeps_user_entries(unchanged_process_state):
+    class UserType:
+        pass
+
+    with torch.serialization.safe_globals([UserType, np.ndarray]):
+        before = set(torch.serialization.get_safe_globals())
+        with mmengine_checkpoint_loading():
+            with mmengine_checkpoint_loading():
+                assert len(torch.serialization.get_safe_globals()) == \
+                    len(before) + len(SAFE_GLOBALS) - 1  # np.ndarray was there
+            assert len(torch.serialization.get_safe_globals()) > len(before)
+        assert set(torch.serialization.get_safe_globals()) == before
 
 
-def test_pickle_walking_to_builtins_refused():
-    """The classic escape through getattr -- reach ``eval`` from an allowed class and call
-    it via torch's allowed ``_rebuild_from_type_v2`` -- stops at the first getattr."""
-
-    class Escape:
-
-        def __reduce__(self):
-            return getattr, (HistoryBuffer.__init__, '__globals__')
-
-    buffer = io.BytesIO()
-    torch.save(dict(x=Escape()), buffer)
-    buffer.seek(0)
-    with pytest.raises(pickle.UnpicklingError, match='only for HistoryBuffer'):
-        torch.load(buffer)
-
-
-def test_other_objects_stay_refused():
-    buffer = io.BytesIO()
-    torch.save(dict(obj=NotAllowed()), buffer)
-    buffer.seek(0)
-    with pytest.raises(pickle.UnpicklingError, match='Unsupported global'):
-        torch.load(buffer)
-
-
-def test_explicit_weights_only_false_untouched(monkeypatch):
-    """The allow-list adds names; an explicit weights_only=False still loads anything."""
-    buffer = io.BytesIO()
-    torch.save(dict(obj=NotAllowed()), buffer)
-    buffer.seek(0)
-    assert isinstance(torch.load(buffer, weights_only=False)['obj'], NotAllowed)
+def test_every_mmengine_scheme_wrapped_once():
+    loaders = dict(CheckpointLoader._schemes)
+    assert all(getattr(fn, 'mmmod_safe_loader', False) for fn in loaders.values())
+    install_checkpoint_loaders()
+    assert dict(CheckpointLoader._schemes) == loaders
 
 
 def test_other_numpy_spelling_loads():
@@ -209,25 +490,26 @@ def test_other_numpy_spelling_loads():
     spellings = (b'numpy._core.multiarray', b'numpy.core.multiarray')
     written = next(s for s in spellings if s in data)
     other = spellings[1 - spellings.index(written)]
-    hist = torch.load(io.BytesIO(data.replace(written, other)), weights_only=True)['hist']
+    hist = _load_bytes(data.replace(written, other))['hist']
     np.testing.assert_array_equal(hist.data[0], [1.0, 2.0])
 
 
-def test_allow_list_idempotent():
-    before = set(map(repr, torch.serialization.get_safe_globals()))
-    allow_mmengine_checkpoints()
-    allow_mmengine_checkpoints()
-    assert set(map(repr, torch.serialization.get_safe_globals())) == before
+# --- checksums -----------------------------------------------------------------------------
 
 
-def test_allow_list_excludes_object_and_string_dtypes():
-    classes = {g for g in mmengine_safe_globals() if isinstance(g, type)}
-    assert type(np.dtype(object)) not in classes
-    assert type(np.dtype(str)) not in classes
-    assert type(np.dtype(np.float64)) in classes
+def test_hashed_name_verified(runner_checkpoint, tmp_path):
+    """A name as publish_model.py writes it, ``<stem>-<sha256[:8]>.pth``, is checked."""
+    data = bytearray(runner_checkpoint.read_bytes())
+    published = tmp_path / f'toy-{hashlib.sha256(data).hexdigest()[:8]}.pth'
+    published.write_bytes(data)
+    assert verify_checksum(str(published))
+    assert 'state_dict' in _load_checkpoint(str(published), map_location='cpu')
+
+    data[len(data) // 2] ^= 0xFF  # one changed byte in the middle of the file
+    published.write_bytes(data)
+    with pytest.raises(ChecksumError, match='is damaged or was changed'):
+        _load_checkpoint(str(published), map_location='cpu')
 
 
-def test_allow_unsafe_sets_torch_switch(monkeypatch):
-    monkeypatch.setenv(UNSAFE_LOAD_ENV, '0')  # and monkeypatch restores the outer value
-    allow_unsafe_checkpoint_loading()
-    assert os.environ[UNSAFE_LOAD_ENV] == '1'
+def test_unhashed_name_not_verified(runner_checkpoint):
+    assert verify_checksum(str(runner_checkpoint)) is False

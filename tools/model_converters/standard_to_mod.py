@@ -19,8 +19,9 @@ from typing import Dict, List, Tuple
 
 import torch
 from mmengine.config import Config
+from mmengine.runner.checkpoint import _load_checkpoint
 
-import mmmod  # noqa: F401  registers the MoD backbones; checkpoint allow-list
+import mmmod  # noqa: F401  registers the MoD backbones; safe checkpoint loaders
 from mmmod.registry import MODELS
 
 # t, c, n, s -- torchvision's (and mmpretrain's) MobileNetV2 table; features.1..17 in order
@@ -112,7 +113,7 @@ def main(argv=None):
                         help='prefix of the written keys (default: backbone.)')
     args = parser.parse_args(argv)
 
-    checkpoint = torch.load(args.src, map_location='cpu')
+    checkpoint = _load_checkpoint(args.src, map_location='cpu')
     source, fmt = standard_backbone_state(checkpoint)
     backbone = build_target_backbone(args.config)
     target = backbone.state_dict()
