@@ -1,10 +1,13 @@
 """Evaluate a checkpoint with an mmpretrain, mmseg or mmdet config (``default_scope`` decides).
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out preds.pkl] [--show-dir DIR]
-        [--latency [cpu] [cuda]] [--tta]
+        [--latency [cpu] [cuda]] [--tta] [--non-strict]
     bash tools/dist_test.sh CONFIG CHECKPOINT NPROC [options]
 
-The metrics are written as json to ``WORK_DIR/TIMESTAMP/TIMESTAMP.json``.
+The metrics are written as json to ``WORK_DIR/TIMESTAMP/TIMESTAMP.json``. A checkpoint whose
+weights do not fit the config's model is refused (``CheckpointMatchHook``) unless
+``--non-strict``. ``--latency`` builds its ``LatencyHook`` with the config's ``latency_cfg``
+(e.g. ``--cfg-options latency_cfg.warmup=1 latency_cfg.repeats=3`` for a short timing budget).
 """
 import argparse
 
@@ -25,11 +28,19 @@ def parse_args(argv=None):
         nargs='*',
         metavar='DEVICE',
         help='also time inference with LatencyHook on DEVICE(s) (default: cpu); the figures '
-        'go into the metrics json')
+        "go into the metrics json. Its other arguments come from the config's latency_cfg, "
+        'e.g. --cfg-options latency_cfg.warmup=1 latency_cfg.repeats=3 for a short timing '
+        "budget (default: LatencyHook's)")
     parser.add_argument(
         '--tta', action='store_true',
         help="test-time augmentation: the config's tta_model around its model, tta_pipeline "
         'as the test pipeline (e.g. an ensemble of stochastic gated passes)')
+    parser.add_argument(
+        '--non-strict', action='store_true',
+        help='load a checkpoint that does not fit the model (tensors of another shape, '
+        'missing or unexpected keys): the matching tensors load, the others keep their '
+        "initial values, with mmengine's warnings. Without it such a checkpoint is refused "
+        'with a list of the mismatched keys')
     add_common_args(parser)
     return parser.parse_args(argv)
 
@@ -38,8 +49,9 @@ def main(argv=None):
     args = parse_args(argv)
     cfg = load_config(args)
     if args.latency is not None:
-        cfg.custom_hooks = [*cfg.get('custom_hooks', []),
-                            dict(type='LatencyHook', devices=tuple(args.latency) or ('cpu', ))]
+        latency = dict(type='LatencyHook', **cfg.get('latency_cfg', {}))
+        latency['devices'] = tuple(args.latency) or latency.get('devices', ('cpu', ))
+        cfg.custom_hooks = [*cfg.get('custom_hooks', []), latency]
     cfg = apply_test_args(
         cfg,
         args.checkpoint,
@@ -47,7 +59,8 @@ def main(argv=None):
         out=args.out,
         show_dir=args.show_dir,
         launcher=args.launcher,
-        tta=args.tta)
+        tta=args.tta,
+        strict=not args.non_strict)
     run_test(cfg)
 
 

@@ -1,14 +1,24 @@
-"""Fail early, and helpfully, when a config points at dataset files that are not there.
+"""Fail early, and helpfully, when a config points at dataset files that are not there, or at
+a dataset with no samples.
 
-Without this check a missing dataset surfaces deep inside the dataset class, after the model is
-built, as e.g. ``AssertionError: One of ann_file ...`` or ``RuntimeError: Found 0 files``. Here
-the error names the missing path, the dataset type, the layout that type expects on disk, and
-the command that writes a small demo dataset in that layout.
+Without these checks a missing dataset surfaces deep inside the dataset class, after the model
+is built, as e.g. ``AssertionError: One of ann_file ...`` or ``RuntimeError: Found 0 files``,
+and an empty one as numpy's ``ValueError: need at least one array to concatenate`` (mmengine
+serialising an empty data list). Here the error names the dataset type, the missing path or the
+empty ann file / folder, the layout that type expects on disk, and the command that writes a
+small demo dataset in that layout.
+
+- :func:`check_dataset_paths` looks at the config only, before anything is built.
+- :func:`check_datasets_not_empty` reads the data lists the way the dataset classes do; the
+  tools call it when building a dataloader failed or gave no samples
+  (:func:`mmmod.engine.runner.build_runner`), so a good dataset is read once, as upstream.
 """
+import copy
+import os
 import os.path as osp
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-__all__ = ['check_dataset_paths']
+__all__ = ['check_dataset_paths', 'check_datasets_not_empty', 'EmptyDatasetError']
 
 DATALOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
 
@@ -177,7 +187,12 @@ def _message(missing: Dict[Tuple[str, str, str], List[str]],
     for (type_name, what, path), wheres in missing.items():
         resolved = '' if osp.isabs(path) else f' (resolved: {osp.abspath(path)})'
         lines.append(f'{type_name} at {", ".join(wheres)}: {what} not found: {path}{resolved}')
-    demos = []
+    return '\n'.join(lines + _layout_help(root_by_type))
+
+
+def _layout_help(root_by_type: Dict[str, str]) -> List[str]:
+    """The expected layout of each dataset type, and the demo-data commands (message lines)."""
+    lines, demos = [], []
     for type_name, data_root in root_by_type.items():
         layout, demo = _LAYOUTS.get(type_name, (_GENERIC_LAYOUT, None))
         lines += ['', f'Expected on-disk layout of {type_name}:', layout]
@@ -191,4 +206,127 @@ def _message(missing: Dict[Tuple[str, str, str], List[str]],
     else:
         lines.append(f'For a small demo dataset (imagenet, cityscapes or voc layout) see '
                      f'{_GENERATE} --help.')
-    return '\n'.join(lines)
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# Empty datasets
+# ---------------------------------------------------------------------------------------------
+class EmptyDatasetError(ValueError):
+    """A dataset a run reads has no samples (a ``ValueError``, as mmengine's error was)."""
+
+
+def _has_files(folder: str) -> bool:
+    """Whether any file lies under ``folder`` (stops at the first one)."""
+    return any(files for _, _, files in os.walk(folder))
+
+
+def _is_blank(path: str, chunk: int = 1 << 16) -> bool:
+    """Whether the file at ``path`` holds only whitespace (reads up to its first character);
+    False if it cannot be read."""
+    try:
+        with open(path, 'rb') as f:
+            while True:
+                block = f.read(chunk)
+                if not block:
+                    return True
+                if block.strip():
+                    return False
+    except OSError:
+        return False
+
+
+def _local_dir(path: Any) -> bool:
+    return isinstance(path, str) and bool(path) and not _is_remote(path) and osp.isdir(path)
+
+
+def _without_files(folders: List[Tuple[str, str]]) -> Optional[str]:
+    """'data_prefix.img_path DIR holds no files' for the folders without any file, or None."""
+    empty = [f'{what} {path}' for what, path in folders if not _has_files(path)]
+    if not empty:
+        return None
+    return f'{" and ".join(empty)} {"holds" if len(empty) == 1 else "hold"} no files'
+
+
+def _empty_reason(dataset_cfg: dict) -> Optional[str]:
+    """Why the dataset of ``dataset_cfg`` has no samples, or None if it has some (or cannot be
+    read here: then the build's own error stands).
+
+    The dataset is built with ``lazy_init=True`` in the current default scope and its data list
+    read and filtered as mmengine's ``BaseDataset.full_init`` does (``load_data_list``, then
+    ``filter_data``).
+    """
+    from mmengine.dataset import BaseDataset
+    from mmengine.registry import DATASETS
+    try:
+        dataset = DATASETS.build(dict(copy.deepcopy(dataset_cfg), lazy_init=True))
+    except Exception:  # e.g. a class without lazy_init: nothing to tell beyond the build error
+        return None
+    if not isinstance(dataset, BaseDataset):
+        return None
+    ann_file = dataset.ann_file
+    # mmseg joins an empty ann_file to data_root, a folder: it then scans the img_path folder.
+    if not isinstance(ann_file, str) or not ann_file or _is_remote(ann_file) or \
+            osp.isdir(ann_file):
+        ann_file = ''
+    prefixes = dataset.data_prefix if isinstance(dataset.data_prefix, dict) else {}
+    folders = [(f'data_prefix.{key}', path) for key, path in prefixes.items() if _local_dir(path)]
+    try:
+        data_list = dataset.load_data_list()
+    except Exception:
+        # Some classes refuse to read nothing themselves (mmpretrain's CustomDataset: "Found 0
+        # files"; ImageNet: 0 class folders for 1000 classes): empty if nothing is on disk.
+        if ann_file:
+            return f'ann_file {ann_file} is empty' if _is_blank(ann_file) else None
+        return _without_files(folders)
+    if not data_list:
+        if ann_file:
+            return f'ann_file {ann_file} lists no samples'
+        suffix = getattr(dataset, 'img_suffix', None)  # mmseg scans img_path for it
+        reads = f' (it reads *{suffix})' if isinstance(suffix, str) and suffix else ''
+        return _without_files(folders) or (
+            f'{" and ".join(f"{what} {path}" for what, path in folders) or "data_prefix"} '
+            f'give no file the dataset reads{reads}')
+    dataset.data_list = data_list
+    try:
+        kept = dataset.filter_data()
+    except Exception:
+        return None
+    if not kept:
+        source = f'ann_file {ann_file}' if ann_file else ', '.join(path for _, path in folders)
+        return (f'filter_cfg={dataset.filter_cfg!r} removed all {len(data_list)} samples read '
+                f'from {source}')
+    return None
+
+
+def check_datasets_not_empty(dataset_cfg: Any, where: str = 'dataset') -> None:
+    """Raise :class:`EmptyDatasetError` when a dataset under ``dataset_cfg`` has no samples.
+
+    Descends through dataset wrappers (``dataset=``, ``datasets=[...]``) like
+    :func:`check_dataset_paths`, builds each dataset lazily in the current default scope
+    (``mmengine.registry.init_default_scope``; the Runner sets it) and reads its data list as
+    ``BaseDataset.full_init`` does. A dataset is empty when its ann file lists no samples, its
+    folders hold no file it reads, or its ``filter_cfg`` removes every sample. Reading the data
+    lists again costs time, so the tools call this only when building a dataloader failed or gave
+    no samples.
+
+    Args:
+        dataset_cfg (dict): A dataloader's ``dataset`` config.
+        where (str): Its place in the config, for the message (``train_dataloader.dataset``).
+
+    Raises:
+        EmptyDatasetError: naming each empty dataset's type, place and ann file or folder, with
+            the layout its type expects and the command that writes demo data.
+    """
+    lines: List[str] = []
+    root_by_type: Dict[str, str] = {}
+    for leaf_where, leaf_cfg in _leaf_datasets(dataset_cfg, where):
+        reason = _empty_reason(leaf_cfg)
+        if reason is None:
+            continue
+        type_name = _type_name(leaf_cfg)
+        lines.append(f'{type_name} at {leaf_where} is empty: {reason}')
+        root_by_type.setdefault(type_name, leaf_cfg.get('data_root') or '')
+    if lines:
+        lines.append('A run needs at least one sample in every dataset it reads.')
+        raise EmptyDatasetError('\n'.join(lines + _layout_help(root_by_type)))

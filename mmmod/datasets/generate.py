@@ -9,6 +9,7 @@ generator                   read by                                 config
 :func:`make_imagenet`       ``mmpretrain.datasets.ImageNet``        ``data_root=..., split=...``
 :func:`make_cityscapes`     ``mmseg.datasets.CityscapesDataset``    mmseg ``cityscapes.py``
 :func:`make_voc`            ``mmdet.datasets.VOCDataset``           mmdet ``voc0712.py``
+:func:`make_svhn`           :class:`mmmod.datasets.SVHN`            ``data_root=..., split=...``
 ==========================  ======================================  ============================
 
 The content is synthetic but learnable: every class has its own colour (and, for ImageNet, its
@@ -17,8 +18,8 @@ working pipeline from a broken one. Everything is drawn from ``numpy.random.defa
 so the same arguments write byte-identical files. Existing files with the same names are
 overwritten; other files under ``root`` are left alone.
 
-All ``image_size`` arguments are ``(H, W)``. Only numpy and Pillow are needed: the generators do
-not import mmpretrain, mmseg or mmdet.
+All ``image_size`` arguments are ``(H, W)``. Only numpy and Pillow are needed (and scipy, which
+writes SVHN's MATLAB files): the generators do not import mmpretrain, mmseg or mmdet.
 """
 import colorsys
 import os
@@ -29,7 +30,7 @@ from typing import Callable, Dict, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ['make_imagenet', 'make_cityscapes', 'make_voc', 'GENERATORS']
+__all__ = ['make_imagenet', 'make_cityscapes', 'make_voc', 'make_svhn', 'GENERATORS']
 
 PathLike = Union[str, os.PathLike]
 
@@ -403,6 +404,57 @@ def make_voc(root: PathLike,
     return devkit
 
 
+# ---------------------------------------------------------------------------------------------
+# SVHN
+# ---------------------------------------------------------------------------------------------
+SVHN_PARTS = ('train', 'test', 'extra')
+# A MAT-file v5 header's 116 bytes of text (scipy writes the creation time there).
+SVHN_MAT_HEADER = b'MATLAB 5.0 MAT-file, written by mmmod.datasets.make_svhn'.ljust(116)
+
+
+def make_svhn(root: PathLike,
+              num_images: Union[int, Sequence[int]] = (20, 10, 10),
+              seed: int = 0) -> str:
+    """Write SVHN's format-2 files (``mmmod.datasets.SVHN``) with synthetic 32x32 digits.
+
+    Layout, as downloaded from ufldl.stanford.edu/housenumbers::
+
+        root/
+        ├── train_32x32.mat    X: (32, 32, 3, N) uint8, y: (N, 1) uint8 in 1..10
+        ├── test_32x32.mat
+        └── extra_32x32.mat
+
+    Label 10 is the digit 0, as in the real files. Digit d looks like ImageNet class d of
+    :func:`make_imagenet` at 32x32 (its own hue and stripe orientation).
+
+    Args:
+        root: Directory to write the three files into.
+        num_images: Images of (train, test, extra), or one count for all three.
+        seed: Seed of the random content.
+
+    Returns:
+        str: ``root``, the ``data_root`` to configure.
+    """
+    from scipy.io import savemat
+    counts = (num_images, ) * 3 if isinstance(num_images, int) else tuple(num_images)
+    if len(counts) != 3 or any(n < 1 for n in counts):
+        raise ValueError(f'num_images must be one count >= 1 or three (train, test, extra), '
+                         f'got {num_images!r}')
+    root = os.fspath(root)
+    os.makedirs(root, exist_ok=True)
+    for index, (part, num) in enumerate(zip(SVHN_PARTS, counts)):
+        rng = np.random.default_rng([seed, index])
+        digits = np.arange(num) % 10  # every digit, in turn
+        images = np.stack([_imagenet_image(rng, int(d), 10, (32, 32)) for d in digits],
+                          axis=-1)  # (32, 32, 3, N)
+        labels = np.where(digits == 0, 10, digits).astype(np.uint8)[:, None]  # (N, 1)
+        path = osp.join(root, f'{part}_32x32.mat')
+        savemat(path, dict(X=images, y=labels))
+        with open(path, 'r+b') as f:  # the header's text carries the time: make it fixed
+            f.write(SVHN_MAT_HEADER)
+    return root
+
+
 #: Generators by the dataset name ``tools/misc/generate_data.py`` takes.
 GENERATORS: Dict[str, Callable[..., str]] = dict(
-    imagenet=make_imagenet, cityscapes=make_cityscapes, voc=make_voc)
+    imagenet=make_imagenet, cityscapes=make_cityscapes, voc=make_voc, svhn=make_svhn)

@@ -4,6 +4,16 @@ The tools follow OpenMMLab's command line (``config``, ``--work-dir``, ``--resum
 ``--amp``, ``--cfg-options``, ``--launcher``) for mmpretrain, mmseg and mmdet configs alike:
 the config's ``default_scope`` selects the library. The config edits live here, as functions
 that return a new config, so tests can call them without a subprocess.
+
+What the tools check beyond upstream, each where the problem first becomes visible:
+
+- dataset paths, before anything is built (:func:`prepare_environment`);
+- label maps against their images, in the pipeline right after ``LoadAnnotations``
+  (:func:`mmmod.datasets.transforms.with_seg_map_checks`, from :func:`prepare_environment`);
+- empty datasets, where the Runner's loops build their dataloaders (:func:`build_runner`);
+- a checkpoint that does not fit the model, where mmengine has read it and not yet loaded it
+  (``CheckpointMatchHook``, added by :func:`apply_test_args`);
+- another live training run on the work dir (:func:`run_train`, ``work_dir_lock``).
 """
 import copy
 import os
@@ -16,7 +26,9 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from mmmod.compat import allow_unsafe_checkpoint_loading, check_mmcv_ops, setup_distributed
-from mmmod.datasets import check_dataset_paths
+from mmmod.datasets import EmptyDatasetError, check_dataset_paths, check_datasets_not_empty
+from mmmod.datasets.transforms import with_seg_map_checks
+from mmmod.engine.work_dir_lock import work_dir_lock
 
 __all__ = [
     'add_common_args', 'load_config', 'apply_train_args', 'apply_test_args',
@@ -37,6 +49,8 @@ DATALOADER_DEFAULTS = {
     dict(pin_memory=True, persistent_workers=True, collate_fn=dict(type='default_collate')),
 }
 DATALOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
+# The hook that refuses a checkpoint of another architecture (tools/test.py without --non-strict).
+MATCH_HOOK = 'CheckpointMatchHook'
 # The dataloaders a run reads: testing a checkpoint must not need the training data on disk.
 RUN_DATALOADERS = {'train': ('train_dataloader', 'val_dataloader'), 'test': ('test_dataloader', )}
 # How each library's tools/test.py switches its VisualizationHook on and where the painted
@@ -198,7 +212,7 @@ def _with_dump_metric(evaluator_cfg, dump_cfg):
 
 
 def apply_test_args(cfg, checkpoint, *, work_dir=None, out=None, show_dir=None, launcher='none',
-                    tta=False):
+                    tta=False, strict=True):
     """The test config after ``tools/test.py``'s options.
 
     Args:
@@ -210,12 +224,17 @@ def apply_test_args(cfg, checkpoint, *, work_dir=None, out=None, show_dir=None, 
         launcher (str): ``none``, ``pytorch``, ``slurm`` or ``mpi``.
         tta (bool): test-time augmentation as mmpretrain/mmseg/mmdet do it: the config's
             ``tta_model`` wraps its model and ``tta_pipeline`` replaces the test pipeline.
+        strict (bool): refuse a checkpoint whose weights do not fit the model
+            (``CheckpointMatchHook``); False loads what fits, as mmengine does.
 
     Returns:
         mmengine.Config: A new config.
     """
     cfg = _with_run_settings(cfg, work_dir, launcher)
     cfg.load_from = checkpoint
+    hooks = list(cfg.get('custom_hooks') or [])
+    if strict and not any(hook.get('type') == MATCH_HOOK for hook in hooks):
+        cfg.custom_hooks = [*hooks, dict(type=MATCH_HOOK)]
     if tta:
         missing = [key for key in ('tta_model', 'tta_pipeline') if cfg.get(key) is None]
         if missing:
@@ -246,26 +265,77 @@ def prepare_environment(cfg, mode='train'):
 
     mmcv's compiled ops for detection configs, the data the run reads (``mode`` 'train':
     train and val dataloaders, 'test': the test dataloader) with
-    ``mmmod.datasets.check_dataset_paths``, and the CPU distributed setup of
+    ``mmmod.datasets.check_dataset_paths``, a ``CheckSegMapShape`` after each
+    ``LoadAnnotations`` of those dataloaders' pipelines (label map vs image size, see
+    :mod:`mmmod.datasets.transforms`), and the CPU distributed setup of
     :func:`mmmod.compat.setup_distributed` for ``cfg.launcher``.
     """
     if cfg.get('default_scope') in SCOPES_NEEDING_MMCV_OPS:
         check_mmcv_ops()
     _check_dataset_paths(cfg, mode)
+    cfg = with_seg_map_checks(cfg, RUN_DATALOADERS[mode])
     return setup_distributed(cfg, cfg.get('launcher', 'none'))
 
 
 def build_runner(cfg) -> Runner:
-    """``Runner.from_cfg``, or the registered runner a config names with ``runner_type``."""
-    if 'runner_type' in cfg:
-        return RUNNERS.build(cfg)
-    return Runner.from_cfg(cfg)
+    """``Runner.from_cfg``, or the registered runner a config names with ``runner_type``; its
+    dataloaders name an empty dataset (:func:`_naming_empty_datasets`)."""
+    runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
+    runner.build_dataloader = _naming_empty_datasets(cfg, runner.build_dataloader)
+    return runner
+
+
+def _naming_empty_datasets(cfg, build_dataloader):
+    """``build_dataloader`` that raises ``EmptyDatasetError`` for a dataset without samples.
+
+    mmengine's loops build their dataloaders through ``runner.build_dataloader`` (BaseLoop), the
+    first place a dataset's data list is read. An empty one ends there in numpy's "need at least
+    one array to concatenate" (mmengine serialising the list), in the dataset class's own error,
+    or, unserialised, in a loop over nothing. When the build fails or gives no samples,
+    :func:`mmmod.datasets.check_datasets_not_empty` reads the data lists again to tell which
+    dataset is empty and why; otherwise the original error stands. A good build costs nothing
+    extra.
+    """
+
+    def where(dataloader) -> str:
+        names = [name for name in DATALOADERS if cfg.get(name) == dataloader]
+        return ', '.join(f'{name}.dataset' for name in names) or 'dataloader.dataset'
+
+    def build(dataloader, *args, **kwargs):
+        dataset_cfg = dataloader.get('dataset') if isinstance(dataloader, dict) else None
+        try:
+            loader = build_dataloader(dataloader, *args, **kwargs)
+        except Exception as error:
+            if isinstance(dataset_cfg, dict):
+                try:
+                    check_datasets_not_empty(dataset_cfg, where(dataloader))
+                except EmptyDatasetError as empty:
+                    raise empty from error
+            raise
+        try:
+            num_samples = len(loader.dataset)
+        except TypeError:  # an IterableDataset has no length
+            return loader
+        if num_samples == 0:
+            if isinstance(dataset_cfg, dict):
+                check_datasets_not_empty(dataset_cfg, where(dataloader))
+            raise EmptyDatasetError(f'{type(loader.dataset).__name__} at {where(dataloader)} '
+                                    'has no samples; a run needs at least one.')
+        return loader
+
+    return build
 
 
 def run_train(cfg) -> Runner:
-    """Check the environment, build the runner and train. Returns the runner."""
-    runner = build_runner(prepare_environment(cfg, 'train'))
-    runner.train()
+    """Lock the work dir, check the environment, build the runner and train. Returns the
+    runner.
+
+    A live run on the same work dir stops this one with ``WorkDirInUseError``
+    (:mod:`mmmod.engine.work_dir_lock`); the lock is taken before anything is written there.
+    """
+    with work_dir_lock(cfg.work_dir, cfg.get('launcher', 'none')):
+        runner = build_runner(prepare_environment(cfg, 'train'))
+        runner.train()
     return runner
 
 

@@ -1,12 +1,19 @@
-"""check_dataset_paths: a clear FileNotFoundError for missing data, silence for present data."""
+"""check_dataset_paths: a clear FileNotFoundError for missing data, silence for present data.
+check_datasets_not_empty: a clear EmptyDatasetError for datasets without samples, in the real
+dataset classes' formats."""
+import glob
+import importlib
+import os
 import os.path as osp
 import re
 import shutil
 
 import pytest
 from mmengine import Config
+from mmengine.registry import DefaultScope
 
-from mmmod.datasets import check_dataset_paths, make_cityscapes, make_imagenet, make_voc
+from mmmod.datasets import (EmptyDatasetError, check_dataset_paths, check_datasets_not_empty,
+                            make_cityscapes, make_imagenet, make_voc)
 
 
 def set_data_root(node, data_root):
@@ -135,3 +142,116 @@ def test_generated_data_passes_upstream_configs(tmp_path, base, make, expected):
     found = check_dataset_paths(cfg)
     for path in expected:
         assert osp.join(data_root, path) in found
+
+
+# -- empty datasets ---------------------------------------------------------------------------
+def check_not_empty_in(scope, dataset_cfg, where):
+    """``check_datasets_not_empty`` under ``scope``'s registries, as inside that library's
+    Runner."""
+    importlib.import_module(f'{scope}.utils').register_all_modules(init_default_scope=False)
+    with DefaultScope.overwrite_default_scope(scope):
+        check_datasets_not_empty(dataset_cfg, where)
+
+
+def test_imagenet_with_empty_ann_file(tmp_path):
+    root = make_imagenet(tmp_path / 'imagenet', num_classes=2, num_train_per_class=1,
+                         num_val_per_class=1)
+    ann_file = osp.join(root, 'meta', 'train.txt')
+    open(ann_file, 'w').close()
+    dataset = dict(type='ImageNet', data_root=root, split='train')
+    with pytest.raises(EmptyDatasetError, match=re.escape(
+            f'ImageNet at train_dataloader.dataset is empty: ann_file {ann_file} lists no '
+            'samples')) as e:
+        check_not_empty_in('mmpretrain', dataset, 'train_dataloader.dataset')
+    assert 'Expected on-disk layout of ImageNet' in str(e.value)
+    assert f'python tools/misc/generate_data.py imagenet {root}' in str(e.value)
+    # the val split next to it is fine
+    check_not_empty_in('mmpretrain', dict(dataset, split='val'), 'val_dataloader.dataset')
+
+
+@pytest.mark.parametrize('type_name', ['ImageNet', 'CustomDataset'])
+def test_empty_class_folder_without_ann_file(tmp_path, type_name):
+    """Folder scanning: ImageNet asserts 0 folders != 1000 classes, CustomDataset says "Found 0
+    files"; both are reported as the empty folder they are."""
+    root = make_imagenet(tmp_path / 'imagenet', num_classes=2, num_train_per_class=1,
+                         num_val_per_class=1)
+    shutil.rmtree(osp.join(root, 'meta'))
+    shutil.rmtree(osp.join(root, 'train'))
+    os.makedirs(osp.join(root, 'train', 'n01440764'))  # a class folder, no images
+    dataset = dict(type=type_name, data_root=root, data_prefix='train')
+    with pytest.raises(EmptyDatasetError, match=re.escape(
+            f'{type_name} at d is empty: data_prefix.img_path {osp.join(root, "train")} holds '
+            'no files')):
+        check_not_empty_in('mmpretrain', dataset, 'd')
+
+
+def test_custom_dataset_with_blank_ann_file(tmp_path):
+    """Blank lines: CustomDataset fails to split them into (file, label); the file is empty."""
+    root = make_imagenet(tmp_path / 'imagenet', num_classes=1, num_train_per_class=1,
+                         num_val_per_class=1)
+    with open(osp.join(root, 'meta', 'train.txt'), 'w') as f:
+        f.write('\n  \n')
+    dataset = dict(type='CustomDataset', data_root=root, data_prefix='train',
+                   ann_file='meta/train.txt')
+    with pytest.raises(EmptyDatasetError, match=re.escape(
+            f'CustomDataset at d is empty: ann_file {osp.join(root, "meta/train.txt")} is empty')):
+        check_not_empty_in('mmpretrain', dataset, 'd')
+
+
+def test_cityscapes_without_images(tmp_path):
+    root = make_cityscapes(tmp_path / 'cityscapes', num_train=2, num_val=1)
+    images = glob.glob(osp.join(root, 'leftImg8bit', 'train', '*', '*.png'))
+    assert images
+    for path in images:
+        os.remove(path)
+    dataset = dict(type='CityscapesDataset', data_root=root,
+                   data_prefix=dict(img_path='leftImg8bit/train', seg_map_path='gtFine/train'))
+    folder = osp.join(root, 'leftImg8bit/train')
+    with pytest.raises(EmptyDatasetError, match=re.escape(
+            f'CityscapesDataset at d is empty: data_prefix.img_path {folder} holds no files')) \
+            as e:
+        check_not_empty_in('mmseg', dataset, 'd')
+    assert 'seg_map_path' not in str(e.value).splitlines()[0]  # the label maps are there
+
+
+def test_cityscapes_images_of_another_suffix(tmp_path):
+    root = make_cityscapes(tmp_path / 'cityscapes', num_train=1, num_val=1)
+    for path in glob.glob(osp.join(root, 'leftImg8bit', 'train', '*', '*.png')):
+        os.rename(path, path.replace('_leftImg8bit.png', '.png'))
+    dataset = dict(type='CityscapesDataset', data_root=root,
+                   data_prefix=dict(img_path='leftImg8bit/train', seg_map_path='gtFine/train'))
+    with pytest.raises(EmptyDatasetError,
+                       match=re.escape('give no file the dataset reads (it reads '
+                                       '*_leftImg8bit.png)')):
+        check_not_empty_in('mmseg', dataset, 'd')
+
+
+def test_voc_with_empty_image_set_inside_wrappers(tmp_path):
+    data_root = make_voc(tmp_path, num_trainval=1, num_test=1)
+    ann_file = osp.join(data_root, 'VOC2007/ImageSets/Main/trainval.txt')
+    open(ann_file, 'w').close()
+    dataset = voc0712(data_root).train_dataloader.dataset
+    with pytest.raises(EmptyDatasetError, match=re.escape(
+            'VOCDataset at train_dataloader.dataset.dataset.datasets[0] is empty: '
+            f'ann_file {ann_file} lists no samples')) as e:
+        check_not_empty_in('mmdet', dataset, 'train_dataloader.dataset')
+    assert 'datasets[1]' not in str(e.value)  # VOC2012 has its image
+    assert 'Expected on-disk layout of VOCDataset' in str(e.value)
+
+
+def test_voc_whose_filter_removes_every_image(tmp_path):
+    data_root = make_voc(tmp_path, num_trainval=2, num_test=1, years=('2007', ),
+                         image_size=(200, 300))
+    dataset = dict(type='VOCDataset', data_root=data_root,
+                   ann_file='VOC2007/ImageSets/Main/trainval.txt',
+                   data_prefix=dict(sub_data_root='VOC2007/'),
+                   filter_cfg=dict(filter_empty_gt=True, min_size=1000))  # > any image side
+    with pytest.raises(EmptyDatasetError, match=r"filter_cfg=\{.*'min_size': 1000.*\} removed "
+                       r'all 2 samples read from ann_file .*trainval.txt'):
+        check_not_empty_in('mmdet', dataset, 'd')
+
+
+def test_datasets_with_samples_pass(tmp_path):
+    root = make_imagenet(tmp_path / 'imagenet', num_classes=1, num_train_per_class=1,
+                         num_val_per_class=1)
+    check_not_empty_in('mmpretrain', dict(type='ImageNet', data_root=root, split='train'), 'd')

@@ -12,7 +12,7 @@ import pytest
 from mmengine.registry import DefaultScope
 from PIL import Image
 
-from mmmod.datasets import make_cityscapes, make_imagenet, make_voc
+from mmmod.datasets import make_cityscapes, make_imagenet, make_svhn, make_voc
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
@@ -249,6 +249,7 @@ SMALL = {
     make_imagenet: dict(num_classes=2, num_train_per_class=1, num_val_per_class=1),
     make_cityscapes: dict(num_train=1, num_val=1, image_size=(32, 64)),
     make_voc: dict(num_trainval=1, num_test=1, image_size=(48, 64)),
+    make_svhn: dict(num_images=2),
 }
 
 
@@ -258,7 +259,7 @@ def test_same_seed_same_bytes(tmp_path, make):
              for name, seed in (('a', 5), ('b', 5), ('c', 6))]
     assert trees[0] == trees[1]
     assert trees[0].keys() == trees[2].keys()
-    images = [k for k in trees[0] if k.endswith(('.JPEG', '.jpg', '_leftImg8bit.png'))]
+    images = [k for k in trees[0] if k.endswith(('.JPEG', '.jpg', '_leftImg8bit.png', '.mat'))]
     assert images and all(trees[0][k] != trees[2][k] for k in images)
 
 

@@ -16,6 +16,8 @@ from mmmod.engine.hooks import LatencyHook
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 # Few, short measurements: the tests check the wiring, not the numbers.
 FAST = dict(warmup=1, repeats=3, number=1, num_threads=1)
+# Bounds a hung subprocess; no normal run comes near it, even on a loaded machine.
+HANG_TIMEOUT_S = 30 * 60
 
 
 def tiny_cfg(data_root, work_dir, custom_hooks=()):
@@ -140,19 +142,23 @@ def test_tools_test_writes_latency_to_json(imagenet_data_root, tmp_path, how):
     runner = Runner.from_cfg(Config(tiny_cfg(imagenet_data_root, tmp_path / 'init')))
     ckpt = tmp_path / 'init.pth'
     torch.save(dict(state_dict=runner.model.state_dict(), meta=dict()), ckpt)
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=REPO)
+    # --latency takes the hook's other arguments from latency_cfg: num_threads=1 there, where
+    # the process has 2 threads, shows they arrive
+    env = dict(os.environ, OMP_NUM_THREADS='1' if how == 'config' else '2', PYTHONPATH=REPO)
     cfg, extra = ((tmp_path / 'timed.py', []) if how == 'config' else
-                  (tmp_path / 'base.py', ['--latency', 'cpu', '--cfg-options', 'log_level=INFO']))
+                  (tmp_path / 'base.py', ['--latency', 'cpu', '--cfg-options', 'log_level=INFO',
+                                          'latency_cfg.warmup=1', 'latency_cfg.repeats=3',
+                                          'latency_cfg.num_threads=1']))
     proc = subprocess.run(
         [sys.executable, osp.join(REPO, 'tools', 'test.py'), str(cfg),
          str(ckpt), '--work-dir', str(tmp_path / 'work'), *extra],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        timeout=180)
+        timeout=HANG_TIMEOUT_S)
     assert proc.returncode == 0, proc.stdout[-3000:]
     (path, ) = glob.glob(str(tmp_path / 'work' / '*' / '*.json'))
     with open(path) as f:
         logged = json.load(f)
     assert logged['latency/cpu_ms'] > 0
-    assert logged['latency/threads'] == 1  # num_threads=1 in the config, OMP_NUM_THREADS=1
+    assert logged['latency/threads'] == 1  # num_threads=1 in the config / latency_cfg
     assert 'accuracy/top1' in logged
     assert 'LatencyHook (this process' in proc.stdout

@@ -1,5 +1,7 @@
-"""The config edits behind tools/train.py and tools/test.py."""
+"""The config edits behind tools/train.py and tools/test.py, and the checks the tools add."""
 import copy
+import os.path as osp
+import re
 
 import pytest
 from mmengine.config import Config
@@ -202,3 +204,91 @@ def test_only_rank0_writes_the_test_metrics_json(monkeypatch):
     runner_module._metrics_json_on_rank0_only(fake_runner)
     hook.after_test_epoch(fake_runner, {'a': 2})
     assert calls == [{'a': 1}], 'other ranks skip it'
+
+
+# -- empty datasets, where the Runner builds its dataloaders -------------------------------------
+def classifier_cfg(data_root, work_dir, **dataset):
+    """An mmpretrain ResNet-18 over the tiny ImageNet's val split, for ``runner.test()``."""
+    loader = dict(
+        batch_size=2, num_workers=0, sampler=dict(type='DefaultSampler', shuffle=False),
+        dataset=dict(type='ImageNet', data_root=str(data_root), split='val',
+                     pipeline=[dict(type='LoadImageFromFile'), dict(type='PackInputs')],
+                     **dataset))
+    return Config(dict(
+        default_scope='mmpretrain',
+        model=dict(type='ImageClassifier', backbone=dict(type='ResNet', depth=18),
+                   neck=dict(type='GlobalAveragePooling'),
+                   head=dict(type='LinearClsHead', num_classes=4, in_channels=512)),
+        test_dataloader=loader, test_evaluator=dict(type='Accuracy'), test_cfg=dict(),
+        work_dir=str(work_dir), log_level='WARNING',
+        experiment_name=f'runner-{osp.basename(osp.dirname(work_dir))}'))  # one per test
+
+
+@pytest.fixture
+def empty_val_imagenet(tmp_path):
+    from mmmod.datasets import make_imagenet
+    root = make_imagenet(tmp_path / 'imagenet', num_classes=2, num_train_per_class=1,
+                         num_val_per_class=1)
+    open(osp.join(root, 'meta', 'val.txt'), 'w').close()
+    return root
+
+
+def test_runner_names_the_empty_dataset(empty_val_imagenet, tmp_path):
+    from mmmod.datasets import EmptyDatasetError
+    runner = engine_runner.build_runner(classifier_cfg(empty_val_imagenet, tmp_path / 'w'))
+    ann_file = osp.join(empty_val_imagenet, 'meta', 'val.txt')
+    with pytest.raises(EmptyDatasetError, match=re.escape(
+            f'ImageNet at test_dataloader.dataset is empty: ann_file {ann_file} lists no '
+            'samples')) as e:
+        runner.test()
+    # the error upstream gives, kept as the cause
+    assert 'need at least one array to concatenate' in str(e.value.__cause__)
+
+
+def test_runner_names_an_unserialised_empty_dataset(empty_val_imagenet, tmp_path):
+    """Without serialisation an empty data list builds; the dataloader then has no samples."""
+    from mmmod.datasets import EmptyDatasetError
+    cfg = classifier_cfg(empty_val_imagenet, tmp_path / 'w', serialize_data=False)
+    runner = engine_runner.build_runner(cfg)
+    with pytest.raises(EmptyDatasetError, match='ImageNet at test_dataloader.dataset is empty'):
+        runner.test()
+
+
+def test_runner_keeps_other_dataset_errors(imagenet_data_root, tmp_path):
+    cfg = classifier_cfg(imagenet_data_root, tmp_path / 'w')
+    cfg.test_dataloader.dataset.pipeline = [dict(type='NoSuchTransform')]
+    runner = engine_runner.build_runner(cfg)
+    with pytest.raises(KeyError, match='NoSuchTransform'):
+        runner.test()
+
+
+def test_test_args_refuse_mismatched_checkpoints_unless_non_strict():
+    strict = apply_test_args(make_cfg(custom_hooks=[dict(type='GateStatsHook')]), 'c.pth')
+    assert strict.custom_hooks == [dict(type='GateStatsHook'), dict(type='CheckpointMatchHook')]
+    assert apply_test_args(strict, 'c.pth').custom_hooks == strict.custom_hooks  # once
+    assert 'custom_hooks' not in apply_test_args(make_cfg(), 'c.pth', strict=False)
+
+
+SEG_PIPELINES = dict(
+    train=[dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'),
+           dict(type='RandomResize', scale=(64, 32)), dict(type='PackSegInputs')],
+    test=[dict(type='LoadImageFromFile'), dict(type='Resize', scale=(64, 32)),
+          dict(type='LoadAnnotations'), dict(type='PackSegInputs')])
+
+
+@pytest.mark.parametrize('mode', ['train', 'test'])
+def test_prepare_environment_checks_label_maps_of_the_run(monkeypatch, mode):
+    monkeypatch.setattr(engine_runner, '_check_dataset_paths', lambda cfg, mode: None)
+    loaders = {name: dict(dataset=dict(type='CityscapesDataset',
+                                       pipeline=copy.deepcopy(SEG_PIPELINES[mode])))
+               for name in engine_runner.DATALOADERS}
+    cfg = make_cfg('mmseg', **loaders)
+    before = frozen(cfg)
+    new = prepare_environment(cfg, mode)
+    assert frozen(cfg) == before
+    for name in engine_runner.DATALOADERS:
+        types = [t['type'] for t in new[name].dataset.pipeline]
+        checked = name in engine_runner.RUN_DATALOADERS[mode]
+        assert ('CheckSegMapShape' in types) == checked, (name, types)
+        if checked:
+            assert types[types.index('LoadAnnotations') + 1] == 'CheckSegMapShape'

@@ -12,6 +12,7 @@ import re
 
 import pytest
 import torch
+from mmengine.runner.checkpoint import _load_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -102,8 +103,8 @@ def test_annealing_then_bn_recalibration(imagenet_data_root, tmp_path, tool_env,
     recal = run_tool(['recalibrate_bn.py', path, checkpoint, '--num-batches', '3', '--out', out,
                       '--work-dir', tmp_path / 'recal'], env)
     assert recal.returncode == 0, recal.stdout[-4000:]
-    trained = torch.load(checkpoint, map_location='cpu')['state_dict']
-    recalibrated = torch.load(out, map_location='cpu')
+    trained = _load_checkpoint(str(checkpoint), map_location='cpu')['state_dict']
+    recalibrated = _load_checkpoint(str(out), map_location='cpu')
     assert recalibrated['meta']['bn_recalibration']['num_batches'] == 3
     state = recalibrated['state_dict']
     assert set(state) == set(trained)

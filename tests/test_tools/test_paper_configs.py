@@ -14,6 +14,7 @@ import pytest
 import torch
 from mmengine.config import Config
 from mmengine.registry import DefaultScope, init_default_scope
+from mmengine.runner.checkpoint import _load_checkpoint
 
 from mmmod.models.layers import MoDBlock
 
@@ -109,7 +110,7 @@ def test_imagenet_checkpoint_initialises_downstream_backbone(config, imagenet_ch
     before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     model.init_weights()
 
-    trained = torch.load(checkpoint, map_location='cpu')['state_dict']
+    trained = _load_checkpoint(str(checkpoint), map_location='cpu')['state_dict']
     backbone = model.backbone.state_dict()
     expected = {k[len('backbone.'):]: v for k, v in trained.items() if k.startswith('backbone.')}
     assert set(expected) == set(backbone)  # same architecture: every tensor has its source
@@ -139,6 +140,6 @@ def test_users_stock_config_with_only_the_backbone_swapped(request, tmp_path, to
     STOCK.test_stock_config_trains_and_tests(case._replace(template=case.template + USER_SWAP),
                                              request, tmp_path, tool_env, run_tool)
     checkpoint = (tmp_path / 'train' / 'last_checkpoint').read_text().strip()
-    state = torch.load(checkpoint, map_location='cpu')['state_dict']
+    state = _load_checkpoint(str(checkpoint), map_location='cpu')['state_dict']
     assert 'backbone.layer3.1.selector.fc1.weight' in state
     assert 'backbone.layer3.1.conv1.weight' not in state  # block 1 is a MoD block now

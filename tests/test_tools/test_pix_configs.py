@@ -8,7 +8,7 @@ import importlib.util
 import os.path as osp
 
 import pytest
-import torch
+from mmengine.runner.checkpoint import _load_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -42,6 +42,6 @@ def test_pix_config_trains_and_tests(config, request, tmp_path, tool_env, run_to
     PAPER.STOCK.test_stock_config_trains_and_tests(PAPER.mod_case(config), request, tmp_path,
                                                    tool_env, run_tool)
     checkpoint = (tmp_path / 'train' / 'last_checkpoint').read_text().strip()
-    state = torch.load(checkpoint, map_location='cpu')['state_dict']
+    state = _load_checkpoint(str(checkpoint), map_location='cpu')['state_dict']
     assert 'backbone.layer3.1.pix.scorer.fc1.weight' in state
     assert 'backbone.layer3.1.conv1.weight' not in state  # PiX replaced the squeeze conv

@@ -12,6 +12,7 @@ import pytest
 import torch
 from mmengine.config import Config
 from mmengine.registry import DefaultScope, init_default_scope
+from mmengine.runner.checkpoint import _load_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -62,7 +63,7 @@ def exported(tmp_path_factory, imagenet_data_root, tool_env, run_tool):
     assert train.returncode == 0, train.stdout[-4000:]
     trained = (work / 'train' / 'last_checkpoint').read_text().strip()
 
-    checkpoint = torch.load(trained, map_location='cpu')
+    checkpoint = _load_checkpoint(str(trained), map_location='cpu')
     generator = torch.Generator().manual_seed(0)
     logits = [k for k in checkpoint['state_dict'] if k.endswith('.gate.logits')]
     assert len(logits) == 16  # one head per block of ResNet-50
@@ -100,7 +101,7 @@ def test_pruned_config_predicts_as_the_thresholded_gated_model(exported, imagene
     assert expected.shape == got.shape and expected.shape[0] > 1
     assert torch.allclose(got, expected, rtol=1e-4, atol=1e-6)
     # the exported network is smaller
-    state = torch.load(exported['checkpoint'], map_location='cpu')['state_dict']
+    state = _load_checkpoint(str(exported['checkpoint']), map_location='cpu')['state_dict']
     assert state['backbone.layer4.1.conv2.weight'].shape[0] < 512
     assert not any('.gate.' in k for k in state)
 
@@ -121,7 +122,7 @@ def test_export_initialises_downstream_pruned_backbone(config, exported):
         from mmengine.registry import MODELS
         model = MODELS.build(cfg.model)
     model.init_weights()
-    state = torch.load(exported['checkpoint'], map_location='cpu')['state_dict']
+    state = _load_checkpoint(str(exported['checkpoint']), map_location='cpu')['state_dict']
     expected = {k[len('backbone.'):]: v for k, v in state.items() if k.startswith('backbone.')}
     loaded = model.backbone.state_dict()
     assert set(expected) == set(loaded)

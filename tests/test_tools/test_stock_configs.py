@@ -13,15 +13,22 @@ override says which trap of the stock config it avoids. Two traps hold for all t
 import glob
 import json
 import math
+import os
 import os.path as osp
 from typing import Dict, NamedTuple, Tuple
 
 import pytest
+from PIL import Image
+
+from mmmod.datasets import make_cityscapes, make_imagenet, make_voc
 
 pytestmark = pytest.mark.slow
 
 # One process, both cores (the tools' subprocesses run one at a time).
 THREADS = dict(OMP_NUM_THREADS='2', MKL_NUM_THREADS='2')
+# test.py --latency: a short timing budget (LatencyHook's default, 10 warm-up calls and 30
+# measurements, takes minutes for Faster R-CNN on a loaded machine); the tests check the wiring
+LATENCY_BUDGET = ['--cfg-options', 'latency_cfg.warmup=1', 'latency_cfg.repeats=3']
 # The stock dataloaders ask for 2-5 workers, persistent; torch refuses persistent workers
 # without workers, so both go.
 NO_WORKERS = 'num_workers=0, persistent_workers=False'
@@ -193,8 +200,8 @@ def test_stock_config_trains_and_tests(case, request, tmp_path, tool_env, run_to
 
     test_dir = tmp_path / 'test'
     # --latency: LatencyHook times batch-1 inference; its figures land in the same json
-    test = run_tool(['test.py', config, checkpoint, '--work-dir', test_dir, '--latency', 'cpu'],
-                    env)
+    test = run_tool(['test.py', config, checkpoint, '--work-dir', test_dir, '--latency', 'cpu',
+                     *LATENCY_BUDGET], env)
     assert test.returncode == 0, test.stdout[-4000:]
     metrics_files = glob.glob(str(test_dir / '*' / '*.json'))
     assert len(metrics_files) == 1, metrics_files
@@ -220,3 +227,75 @@ def test_stock_config_with_missing_data_root_fails(case, tmp_path, tool_env, run
     assert train.returncode != 0
     assert 'FileNotFoundError' in train.stdout, train.stdout[-4000:]
     assert f'data_root not found: {missing}' in train.stdout, train.stdout[-4000:]
+
+
+def _empty_imagenet(root):
+    root = make_imagenet(root, num_classes=2, num_train_per_class=1, num_val_per_class=1)
+    empty = osp.join(root, 'meta', 'train.txt')
+    open(empty, 'w').close()
+    return root, f'ImageNet at train_dataloader.dataset is empty: ann_file {empty} lists no samples'
+
+
+def _empty_cityscapes(root):
+    root = make_cityscapes(root, num_train=1, num_val=1)
+    for path in glob.glob(osp.join(root, 'leftImg8bit', 'train', '*', '*.png')):
+        os.remove(path)
+    return root, ('CityscapesDataset at train_dataloader.dataset is empty: '
+                  f'data_prefix.img_path {osp.join(root, "leftImg8bit/train")} holds no files')
+
+
+def _empty_voc(root):
+    root = make_voc(root, num_trainval=1, num_test=1)
+    empty = osp.join(root, 'VOC2007/ImageSets/Main/trainval.txt')
+    open(empty, 'w').close()
+    return root, ('VOCDataset at train_dataloader.dataset.dataset.datasets[0] is empty: '
+                  f'ann_file {empty} lists no samples')
+
+
+# case -> writes the case's data with one training dataset emptied: (data_root, expected line)
+EMPTY_DATA = {
+    'mmpretrain-resnet50-in1k': _empty_imagenet,
+    'mmseg-fcn-r50-cityscapes': _empty_cityscapes,
+    'mmdet-faster-rcnn-r50-voc0712': _empty_voc,
+}
+
+
+@pytest.mark.parametrize('case_id', EMPTY_DATA)
+def test_stock_config_with_empty_dataset_fails(case_id, tmp_path, tool_env, run_tool):
+    data_root, expected = EMPTY_DATA[case_id](tmp_path / 'data')
+    config = _write_config(tmp_path, CASES[case_id], data_root)
+
+    train = run_tool(['train.py', config, '--work-dir', tmp_path / 'train'],
+                     tool_env(config, **THREADS))
+    assert train.returncode != 0
+    assert 'EmptyDatasetError' in train.stdout, train.stdout[-4000:]
+    assert expected in train.stdout, train.stdout[-4000:]
+    assert 'need at least one array' in train.stdout  # upstream's error, kept as the cause
+
+
+def test_cityscapes_label_map_of_another_size_fails_train_and_test(tmp_path, tool_env,
+                                                                   run_tool):
+    """A val label map at half its image's size: training (whose val pipeline reads it) and
+    testing stop where the pair is loaded, naming both files."""
+    case = CASES['mmseg-fcn-r50-cityscapes']
+    root = make_cityscapes(tmp_path / 'data', num_train=2, num_val=2, image_size=(128, 256))
+    label = sorted(glob.glob(osp.join(root, 'gtFine', 'val', '*', '*_labelTrainIds.png')))[0]
+    image = label.replace('gtFine', 'leftImg8bit', 1).replace('_gtFine_labelTrainIds',
+                                                              '_leftImg8bit')
+    assert osp.exists(image)
+    Image.open(label).resize((128, 64), Image.NEAREST).save(label)
+    expected = f'label map {label} is 64x128 (HxW) but its image {image} is 128x256'
+    config = _write_config(tmp_path, case, root)
+    env = tool_env(config, **THREADS)
+
+    work_dir = tmp_path / 'train'
+    train = run_tool(['train.py', config, '--work-dir', work_dir], env)
+    assert train.returncode != 0
+    assert expected in train.stdout, train.stdout[-4000:]
+    losses = [r['loss'] for r in _logged_scalars(work_dir) if 'loss' in r]
+    assert len(losses) == case.train_iters  # the train labels fit: trained, then validated
+
+    checkpoint = (work_dir / 'last_checkpoint').read_text().strip()
+    test = run_tool(['test.py', config, checkpoint, '--work-dir', tmp_path / 'test'], env)
+    assert test.returncode != 0
+    assert expected in test.stdout, test.stdout[-4000:]

@@ -1,7 +1,7 @@
 """Save -> kill -> resume with ``tools/train.py``, then ``tools/test.py`` on a checkpoint.
 
-Both load mmengine checkpoints through ``torch.load``'s ``weights_only=True`` default, so
-they pass only with mmmod's allow-list (see ``mmmod/compat/checkpoint.py``).
+Both load mmengine checkpoints through mmengine's loaders and torch's ``weights_only=True``
+default, so they pass only with mmmod's safe loaders (see ``mmmod/compat/checkpoint.py``).
 """
 import datetime
 import glob
@@ -13,8 +13,9 @@ import signal
 
 import pytest
 import torch
+from mmengine.runner.checkpoint import _load_checkpoint
 
-import mmmod  # noqa: F401  allow-list for reading the checkpoints here as well
+import mmmod  # noqa: F401  mmengine's loaders read the checkpoints here as well
 
 MAX_ITERS = 6
 CKPT_INTERVAL = 2
@@ -58,7 +59,7 @@ def test_resume_continues_from_checkpoint(interrupted_run, tool_env, run_tool):
 
     assert f'resumed epoch: 0, iter: {KILL_AT}' in proc.stdout
     assert _iters_logged(proc.stdout) == list(range(KILL_AT + 1, MAX_ITERS + 1))
-    final = torch.load(work_dir / f'iter_{MAX_ITERS}.pth', map_location='cpu', weights_only=True)
+    final = _load_checkpoint(str(work_dir / f'iter_{MAX_ITERS}.pth'), map_location='cpu')
     assert final['meta']['iter'] == MAX_ITERS
     # the resumed run kept the history logged before the kill: the message hub's loss
     # buffer spans all iterations
@@ -90,7 +91,7 @@ def test_test_tool_loads_foreign_pickle_only_when_asked(interrupted_run, tmp_pat
     """A checkpoint holding an object mmengine never writes (here a ``datetime.date``) is
     refused by default and loads with ``--unsafe-load-checkpoint``."""
     config, work_dir = interrupted_run
-    ckpt = torch.load(work_dir / f'iter_{KILL_AT}.pth', map_location='cpu', weights_only=True)
+    ckpt = _load_checkpoint(str(work_dir / f'iter_{KILL_AT}.pth'), map_location='cpu')
     ckpt['meta']['date'] = datetime.date(2024, 1, 1)
     foreign = tmp_path / 'foreign.pth'
     torch.save(ckpt, foreign)
@@ -102,3 +103,38 @@ def test_test_tool_loads_foreign_pickle_only_when_asked(interrupted_run, tmp_pat
 
     accepted = run_tool(args + ['--unsafe-load-checkpoint'], tool_env(config))
     assert accepted.returncode == 0, accepted.stdout[-3000:]
+
+
+# ResNet-34 where the checkpoint is ResNet-18 (layer1.2 and more are missing), a head for one
+# class more (its weights have another shape).
+OTHER_ARCH = '''
+_base_ = './tiny_resnet18_cls.py'
+model = dict(backbone=dict(depth=34), head=dict(num_classes={num_classes}))
+data_preprocessor = dict(num_classes={num_classes})
+'''
+
+
+def test_test_tool_refuses_checkpoint_of_another_architecture(interrupted_run, tmp_path,
+                                                              tool_env, run_tool,
+                                                              imagenet_counts):
+    config, work_dir = interrupted_run
+    num_classes = imagenet_counts[0]
+    other = config.parent / 'tiny_resnet34_cls.py'
+    other.write_text(OTHER_ARCH.format(num_classes=num_classes + 1))
+    checkpoint = work_dir / f'iter_{KILL_AT}.pth'
+    args = ['test.py', other, checkpoint, '--work-dir', tmp_path / 'test_dir']
+
+    refused = run_tool(args, tool_env(other))
+    assert refused.returncode != 0
+    out = refused.stdout
+    assert 'CheckpointMismatchError' in out, out[-4000:]
+    assert f'{checkpoint} does not fit the model of this config (ImageClassifier with ResNet ' \
+           'backbone)' in out
+    assert f'head.fc.weight: ({num_classes}, 512) vs ({num_classes + 1}, 512)' in out
+    assert 'backbone.layer1.2.conv1.weight (64, 64, 3, 3)' in out  # the first missing key
+    assert not glob.glob(str(tmp_path / 'test_dir' / '*' / '*.json'))  # no metrics written
+
+    loaded = run_tool(args + ['--non-strict'], tool_env(other))
+    assert loaded.returncode == 0, loaded.stdout[-4000:]
+    assert 'size mismatch for head.fc.weight' in loaded.stdout  # mmengine's warning
+    assert len(glob.glob(str(tmp_path / 'test_dir' / '*' / '*.json'))) == 1
