@@ -2,9 +2,12 @@
 exporter writes, and slicing a full-width state dict into a pruned network's."""
 import json
 import os.path as osp
+import warnings
 from typing import Dict, Iterable, Mapping, Tuple, Union
 
 import torch
+import torch.nn as nn
+from mmcv.cnn import build_conv_layer, build_norm_layer
 
 # What tools/export_pruned.py writes into the channel JSON's "format" field.
 CHANNEL_CFG_FORMAT = 'mmmod.pruned.v1'
@@ -63,6 +66,52 @@ def check_positions(block: str, owner: str, kept: Mapping, widths: Mapping[str, 
 def index_buffer(index: Tuple[int, ...], width: int):
     """Kept indices as a tensor, or None when every channel is kept (no gather needed)."""
     return None if len(index) == width else torch.tensor(index, dtype=torch.long)
+
+
+def _replace(block: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, leaf = name.rpartition('.')
+    setattr(block.get_submodule(parent) if parent else block, leaf, module)
+
+
+def prune_block(block: nn.Module, kept: Mapping[str, Tuple[int, ...]],
+                widths: Mapping[str, int]) -> None:
+    """Rebuild every conv + norm of a full-width block's ``channel_structure`` with the
+    ``kept`` channels of the sets it reads and writes, in place (same sub-module names, so
+    the state-dict names stay upstream's); a step keeping no channel becomes ``nn.Identity``
+    (residual inverted residuals only). Sets ``block.slices`` (sub-module name -> (kept output
+    rows, kept input columns or None)) and the buffers ``index_<position>`` that
+    :class:`~mmmod.models.layers.channel_structure.KeptChannels` reads (None: all kept; not
+    persistent: ``channel_cfg`` is their source)."""
+    s = block.channel_structure
+    names = {id(m): n for n, m in block.named_modules()}
+    block.slices = {}
+    for step in s.steps:
+        _, conv, norm, _ = step.parts(block)
+        rows = kept[step.writes]
+        if not rows:  # nothing of this step is used
+            _replace(block, names[id(step.unit_of(block))], nn.Identity())
+            continue
+        depthwise = conv.groups > 1
+        k_in = conv.in_channels if step.reads is None else len(kept[step.reads])
+        owner = step.unit_of(block) if step.unit is not None else block
+        if not hasattr(owner, 'norm_cfg'):  # upstream's downsample Sequential
+            owner = block
+        with warnings.catch_warnings():
+            # a closed input gives a conv without input channels: nothing to initialise
+            warnings.filterwarnings('ignore', 'Initializing zero-element tensors')
+            slim = build_conv_layer(owner.conv_cfg, k_in, len(rows),
+                                    kernel_size=conv.kernel_size, stride=conv.stride,
+                                    padding=conv.padding, dilation=conv.dilation,
+                                    groups=len(rows) if depthwise else 1,
+                                    bias=conv.bias is not None)
+        _replace(block, names[id(conv)], slim)
+        _replace(block, names[id(norm)], build_norm_layer(owner.norm_cfg, len(rows))[1])
+        cols = None if step.reads is None or depthwise else kept[step.reads]
+        block.slices[names[id(conv)]] = (rows, cols)
+        block.slices[names[id(norm)]] = (rows, None)
+    for pos in s.positions:
+        block.register_buffer('index_' + pos, index_buffer(kept[pos], widths[pos]),
+                              persistent=False)
 
 
 class PrunedBackboneMixin:

@@ -14,15 +14,15 @@ is not zero) is exactly what the physically smaller block computes. So a block c
 gate. Blocks without a residual connection keep their first group of each tensor always on
 (Sec. 4.2: "we keep 1 gate open for non-residual layers"); residual blocks may close completely.
 """
-from typing import Dict, Mapping, Union
+from typing import Mapping, Union
 
-import torch
+import torch  # noqa: F401  (used by the doctest examples)
 import torch.nn as nn
-import torch.utils.checkpoint as cp
 from mmpretrain.models.backbones.mobilenet_v2 import InvertedResidual, MobileNetV2
 
 from mmmod.registry import MODELS
-from ..layers.gumbel_gate import GatedBlockMixin, conv_macs
+from ..layers.channel_structure import INVERTED_RESIDUAL, structure_of
+from ..layers.gumbel_gate import GatedBlockMixin
 from ._gate_utils import GatedBackboneMixin, resolve_granularity
 
 # Groups always on in blocks without / with a residual connection (Sec. 4.2).
@@ -31,7 +31,8 @@ ALWAYS_ON_RESIDUAL = 0
 
 
 class GatedInvertedResidual(GatedBlockMixin, InvertedResidual):
-    """mmpretrain's InvertedResidual with gates on input, expansion and output.
+    """mmpretrain's InvertedResidual with gates on input, expansion and output: the positions
+    of :data:`~mmmod.models.layers.channel_structure.INVERTED_RESIDUAL`.
 
     Args:
         in_channels, out_channels, stride, expand_ratio: as upstream.
@@ -50,7 +51,7 @@ class GatedInvertedResidual(GatedBlockMixin, InvertedResidual):
         (torch.Size([2, 24, 8, 8]), 12)
     """
 
-    positions = ('input', 'expand', 'output')
+    positions = INVERTED_RESIDUAL.positions
 
     def __init__(self, in_channels, out_channels, stride, expand_ratio, *,
                  granularity: Mapping[str, int], gate_type: str = 'dependent',
@@ -60,38 +61,9 @@ class GatedInvertedResidual(GatedBlockMixin, InvertedResidual):
         self.with_expand = expand_ratio != 1
         self.hidden_channels = self.conv[-1].conv.in_channels
         always_on = ALWAYS_ON_RESIDUAL if self.use_res_connect else ALWAYS_ON_PLAIN
-        channels = dict(input=in_channels, expand=self.hidden_channels, output=out_channels)
-        if not self.with_expand:
-            del channels['input']  # the expansion tensor is the input: one gate covers both
-        self._init_gates({p: (c, granularity[p], always_on) for p, c in channels.items()},
-                         in_channels, gate_type, gate_hidden)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.sample_block_gates(x)  # position -> (N, groups)
-
-        def _inner_forward(x, z):
-            g = self.gates
-            out = x
-            if self.with_expand:
-                out = self.conv[0](g['input'](x, z['input']))  # pw
-            out = g['expand'](self.conv[-2](out), z['expand'])  # dw
-            out = g['output'](self.conv[-1](out), z['output'])  # pw-linear
-            return x + out if self.use_res_connect else out
-
-        if self.with_cp and x.requires_grad:
-            return cp.checkpoint(_inner_forward, x, z, use_reentrant=False)
-        return _inner_forward(x, z)
-
-    def flops(self, counts: Dict[str, torch.Tensor]) -> torch.Tensor:
-        c = {p: counts.get(p, g.channels) for p, g in self.gates.items()}
-        total, hw = 0, self.last_hw
-        if self.with_expand:
-            macs, hw = conv_macs(self.conv[0].conv, hw, c['input'], c['expand'])  # H*W*C_in*C_exp
-            total = macs
-        macs, hw = conv_macs(self.conv[-2].conv, hw, 1, c['expand'])  # H*W/s^2 * 9 * C_exp
-        total = total + macs
-        macs, _ = conv_macs(self.conv[-1].conv, hw, c['expand'], c['output'])  # .. C_exp*C_out
-        return torch.as_tensor(total + macs, dtype=torch.float32).reshape(-1)
+        # t = 1: the expansion tensor is the input, so the structure has no input position
+        self._init_gated_structure(structure_of(self), granularity, always_on, gate_type,
+                                   gate_hidden)
 
 
 @MODELS.register_module()

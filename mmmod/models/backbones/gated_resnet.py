@@ -9,27 +9,40 @@ data-dependent gates) and multiplies each gated tensor by them::
        |   -> conv3-bn -> [conv3] ------------+      +-> downsample -> [downsample] -> + -> relu
        +-> downsample -> [downsample] ------> + -> relu   (identity when no downsample)
 
-``[name]`` is a :class:`ChannelGate` (the input gate acts on the residual branch only). Block,
+``[name]`` is a :class:`ChannelGate` (the input gate acts on the residual branch only); the
+positions are those of the blocks' one description,
+:mod:`mmmod.models.layers.channel_structure`, which the gated forward and FLOPs walk. Block,
 stem, state-dict names and the backbone contract are mmpretrain's, so a plain ResNet state dict
 loads with only the gate parameters (``layerX.Y.gate.*``) missing.
 """
-from typing import Dict, Mapping, Union
+from typing import Mapping, Union
 
-import torch
+import torch  # noqa: F401  (used by the doctest examples)
 import torch.nn as nn
-import torch.utils.checkpoint as cp
 from mmpretrain.models.backbones.resnet import BasicBlock, Bottleneck, ResLayer, ResNet
 
 from mmmod.registry import MODELS
-from ..layers.gumbel_gate import GatedBlockMixin, conv_macs
+from ..layers.channel_structure import BASIC_BLOCK, BOTTLENECK, structure_of
+from ..layers.gumbel_gate import GatedBlockMixin
 from ._gate_utils import GatedBackboneMixin, resolve_granularity
 from ._mod_utils import pretrained_to_init_cfg
 
 
-class GatedBottleneck(GatedBlockMixin, Bottleneck):
+class _GatedResidualBlock(GatedBlockMixin):
+    """What both gated ResNet blocks add to upstream's: a gate per position of the block's
+    channel structure (the forward and FLOPs are :class:`GatedBlockMixin`'s walks)."""
+
+    def __init__(self, *args, granularity: Mapping[str, int], gate_type: str = 'dependent',
+                 gate_hidden: int = 16, always_on: int = 1, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_gated_structure(structure_of(self), granularity, always_on, gate_type,
+                                   gate_hidden)
+
+
+class GatedBottleneck(_GatedResidualBlock, Bottleneck):
     """mmpretrain's Bottleneck with gates on its input (residual branch only), after
     conv1-bn-relu, after conv2-bn-relu, after conv3-bn (before the add) and on the projection
-    shortcut.
+    shortcut: the positions of :data:`~mmmod.models.layers.channel_structure.BOTTLENECK`.
 
     Args:
         granularity (dict): position -> filters per gate.
@@ -49,53 +62,10 @@ class GatedBottleneck(GatedBlockMixin, Bottleneck):
         (torch.Size([2, 256, 8, 8]), 47)
     """
 
-    positions = ('input', 'conv1', 'conv2', 'conv3', 'downsample')
-
-    def __init__(self, *args, granularity: Mapping[str, int], gate_type: str = 'dependent',
-                 gate_hidden: int = 16, always_on: int = 1, **kwargs):
-        super().__init__(*args, **kwargs)
-        channels = dict(input=self.in_channels, conv1=self.mid_channels,
-                        conv2=self.mid_channels, conv3=self.out_channels,
-                        downsample=self.out_channels)
-        if self.downsample is None:
-            del channels['downsample']
-        self._init_gates({p: (c, granularity[p], always_on) for p, c in channels.items()},
-                         self.in_channels, gate_type, gate_hidden)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.sample_block_gates(x)  # position -> (N, groups)
-
-        def _inner_forward(x, z):
-            g = self.gates
-            out = self.relu(self.norm1(self.conv1(g['input'](x, z['input']))))
-            out = g['conv1'](out, z['conv1'])
-            out = self.relu(self.norm2(self.conv2(out)))
-            out = g['conv2'](out, z['conv2'])
-            out = g['conv3'](self.norm3(self.conv3(out)), z['conv3'])
-            identity = x
-            if self.downsample is not None:
-                identity = g['downsample'](self.downsample(x), z['downsample'])
-            return self.drop_path(out) + identity
-
-        if self.with_cp and x.requires_grad:
-            out = cp.checkpoint(_inner_forward, x, z, use_reentrant=False)
-        else:
-            out = _inner_forward(x, z)
-        return self.relu(out)
-
-    def flops(self, counts: Dict[str, torch.Tensor]) -> torch.Tensor:
-        c = {p: counts.get(p, g.channels) for p, g in self.gates.items()}
-        macs1, hw1 = conv_macs(self.conv1, self.last_hw, c['input'], c['conv1'])
-        macs2, hw2 = conv_macs(self.conv2, hw1, c['conv1'], c['conv2'])
-        macs3, _ = conv_macs(self.conv3, hw2, c['conv2'], c['conv3'])
-        total = macs1 + macs2 + macs3
-        if self.downsample is not None:
-            # the shortcut reads the ungated input; any avg-pool makes it land on hw2 too
-            total = total + hw2[0] * hw2[1] * self.in_channels * c['downsample']
-        return torch.as_tensor(total, dtype=torch.float32).reshape(-1)
+    positions = BOTTLENECK.positions
 
 
-class GatedBasicBlock(GatedBlockMixin, BasicBlock):
+class GatedBasicBlock(_GatedResidualBlock, BasicBlock):
     """mmpretrain's BasicBlock with gates on its input (residual branch only), after
     conv1-bn-relu, after conv2-bn (before the add) and on the projection shortcut.
 
@@ -108,45 +78,7 @@ class GatedBasicBlock(GatedBlockMixin, BasicBlock):
         (torch.Size([2, 16, 8, 8]), ('input', 'conv1', 'conv2'))
     """
 
-    positions = ('input', 'conv1', 'conv2', 'downsample')
-
-    def __init__(self, *args, granularity: Mapping[str, int], gate_type: str = 'dependent',
-                 gate_hidden: int = 16, always_on: int = 1, **kwargs):
-        super().__init__(*args, **kwargs)
-        channels = dict(input=self.in_channels, conv1=self.mid_channels,
-                        conv2=self.out_channels, downsample=self.out_channels)
-        if self.downsample is None:
-            del channels['downsample']
-        self._init_gates({p: (c, granularity[p], always_on) for p, c in channels.items()},
-                         self.in_channels, gate_type, gate_hidden)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.sample_block_gates(x)  # position -> (N, groups)
-
-        def _inner_forward(x, z):
-            g = self.gates
-            out = self.relu(self.norm1(self.conv1(g['input'](x, z['input']))))
-            out = g['conv1'](out, z['conv1'])
-            out = g['conv2'](self.norm2(self.conv2(out)), z['conv2'])
-            identity = x
-            if self.downsample is not None:
-                identity = g['downsample'](self.downsample(x), z['downsample'])
-            return self.drop_path(out) + identity
-
-        if self.with_cp and x.requires_grad:
-            out = cp.checkpoint(_inner_forward, x, z, use_reentrant=False)
-        else:
-            out = _inner_forward(x, z)
-        return self.relu(out)
-
-    def flops(self, counts: Dict[str, torch.Tensor]) -> torch.Tensor:
-        c = {p: counts.get(p, g.channels) for p, g in self.gates.items()}
-        macs1, hw1 = conv_macs(self.conv1, self.last_hw, c['input'], c['conv1'])
-        macs2, hw2 = conv_macs(self.conv2, hw1, c['conv1'], c['conv2'])
-        total = macs1 + macs2
-        if self.downsample is not None:
-            total = total + hw2[0] * hw2[1] * self.in_channels * c['downsample']
-        return torch.as_tensor(total, dtype=torch.float32).reshape(-1)
+    positions = BASIC_BLOCK.positions
 
 
 @MODELS.register_module()

@@ -15,114 +15,48 @@ A removed conv1 / conv2 filter was multiplied by 0 after its ReLU, so dropping i
 conv's matching input channels changes nothing; a removed conv3 / shortcut filter added 0 to
 the stream. Hence the pruned network computes what the thresholded gated one does.
 """
-from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Mapping, Sequence, Union
 
 import torch
 import torch.nn as nn
-import torch.utils.checkpoint as cp
-from mmcv.cnn import build_conv_layer, build_norm_layer
 from mmpretrain.models.backbones.resnet import BasicBlock, Bottleneck, ResLayer, ResNet
 
 from mmmod.registry import MODELS
-from ..layers.active_channels import CHAINS
+from ..layers.channel_structure import KEPT, forward_block, position_widths, structure_of
 from ._mod_utils import MoDBackboneMixin, pretrained_to_init_cfg
 from ._pruned_utils import (PrunedBackboneMixin, check_block_names, check_positions,
-                            index_buffer, load_channel_cfg)
+                            load_channel_cfg, prune_block)
 
 
 class PrunedBlockMixin:
     """Turns an upstream BasicBlock / Bottleneck into its pruned form; put before it.
 
     The block is built at full width by upstream's ``__init__`` (so strides, dilations, style,
-    conv / norm configs are upstream's), then each conv and norm is rebuilt with the kept
-    channels. ``chain`` lists the branch's (conv, norm, input position, output position) in
-    forward order; the last output position is the one added into the stream.
+    conv / norm configs are upstream's), then each conv and norm of its channel structure is
+    rebuilt with the kept channels (:func:`prune_block`); its forward walks the structure with
+    :class:`~mmmod.models.layers.channel_structure.KeptChannels`.
     """
-
-    chain: Tuple[Tuple[str, str, str, str], ...] = ()
 
     def _prune(self, kept: Mapping[str, Sequence[int]], name: str) -> None:
         owner = (f'{type(self).__name__}, '
                  f'{"with" if self.downsample is not None else "no"} projection shortcut')
-        kept = check_positions(name, owner, kept, self.position_widths())
-        self.kept_channels = kept
-        # sub-module -> (kept output rows, kept input columns) of its full-width tensors
-        self.slices: Dict[str, Tuple[Tuple[int, ...], Optional[Tuple[int, ...]]]] = {}
-        for conv_name, norm_attr, src, dst in self.chain:
-            conv, norm_name = getattr(self, conv_name), getattr(self, norm_attr + '_name')
-            setattr(self, conv_name, build_conv_layer(
-                self.conv_cfg, len(kept[src]), len(kept[dst]), kernel_size=conv.kernel_size,
-                stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
-                bias=conv.bias is not None))
-            setattr(self, norm_name, build_norm_layer(self.norm_cfg, len(kept[dst]))[1])
-            self.slices[conv_name] = (kept[dst], kept[src])
-            self.slices[norm_name] = (kept[dst], None)
-        if self.downsample is not None:
-            # upstream's Sequential([AvgPool2d,] conv, norm): keep its indices (state-dict names)
-            *pool, conv, norm = self.downsample
-            k = len(kept['downsample'])
-            self.downsample = nn.Sequential(*pool, build_conv_layer(
-                self.conv_cfg, conv.in_channels, k, kernel_size=1, stride=conv.stride,
-                bias=False), build_norm_layer(self.norm_cfg, k)[1])
-            self.slices[f'downsample.{len(pool)}'] = (kept['downsample'], None)
-            self.slices[f'downsample.{len(pool) + 1}'] = (kept['downsample'], None)
-        # Channel indices as buffers (follow .to(device)); None = every channel kept, so the
-        # gather / scatter is skipped. Not persistent: channel_cfg is their source.
-        for buffer, pos, width in (('input_index', 'input', self.in_channels),
-                                   ('output_index', self.chain[-1][3], self.out_channels),
-                                   ('downsample_index', 'downsample', self.out_channels)):
-            self.register_buffer(buffer, None if pos not in kept else
-                                 index_buffer(kept[pos], width), persistent=False)
+        self.channel_structure = structure_of(self)
+        self._widths = position_widths(self)
+        self.kept_channels = check_positions(name, owner, kept, self._widths)
+        prune_block(self, self.kept_channels, self._widths)
 
     def position_widths(self) -> Dict[str, int]:
         """Full width of each gated position, in forward order: the branch's inner tensors
         are ``mid_channels`` wide, the one added into the stream ``out_channels``."""
-        widths = {'input': self.in_channels}
-        for _, _, _, dst in self.chain[:-1]:
-            widths[dst] = self.mid_channels
-        widths[self.chain[-1][3]] = self.out_channels
-        if self.downsample is not None:
-            widths['downsample'] = self.out_channels
-        return widths
+        return dict(self._widths)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-
-        def _inner_forward(x):
-            out = x
-            if self.input_index is not None:
-                out = x.index_select(1, self.input_index)  # (N, C_in, H, W) -> (N, k_in, H, W)
-            for i, (conv, norm, _, _) in enumerate(self.chain):
-                out = getattr(self, norm)(getattr(self, conv)(out))
-                if i < len(self.chain) - 1:
-                    out = self.relu(out)
-            out = self.drop_path(out)  # (N, k_out, H', W')
-            identity = x if self.downsample is None else self.downsample(x)
-            return self._merge(out, identity)
-
-        if self.with_cp and x.requires_grad:
-            out = cp.checkpoint(_inner_forward, x, use_reentrant=False)
-        else:
-            out = _inner_forward(x)
-        return self.relu(out)
-
-    def _merge(self, out: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
-        """Residual add at the kept channels: out (N, k_out, H, W), identity (N, C_out or k_ds,
-        H, W) -> (N, C_out, H, W). Out of place on the identity: ``x`` may be a stage output."""
-        out_index, ds_index = self.output_index, self.downsample_index
-        if ds_index is None:  # identity is full width
-            if out_index is None:
-                return out + identity
-            return identity.index_add(1, out_index, out)  # (N, C_out, ...) += out at out_index
-        if out_index is None:  # out is ours: add the shortcut's k_ds channels into it
-            return out.index_add_(1, ds_index, identity)
-        n, _, h, w = out.shape
-        full = out.new_zeros(n, self.out_channels, h, w)  # (N, C_out, H, W)
-        full.index_copy_(1, ds_index, identity)  # shortcut's k_ds channels
-        return full.index_add_(1, out_index, out)  # + branch's k_out channels
+        """x (N, C_in, H, W) -> (N, C_out, H / stride, W / stride)."""
+        return forward_block(self, x, KEPT)
 
     def extra_repr(self) -> str:
-        return ', '.join(f'{p}={len(k)}/{w}' for (p, k), w in zip(
-            self.kept_channels.items(), self.position_widths().values()))
+        return ', '.join(f'{p}={len(k)}/{self._widths[p]}'
+                         for p, k in self.kept_channels.items())
 
 
 class PrunedBottleneck(PrunedBlockMixin, Bottleneck):
@@ -135,8 +69,6 @@ class PrunedBottleneck(PrunedBlockMixin, Bottleneck):
         >>> block(torch.rand(1, 16, 4, 4)).shape, block.conv2.weight.shape
         (torch.Size([1, 16, 4, 4]), torch.Size([2, 1, 3, 3]))
     """
-
-    chain = CHAINS[Bottleneck]
 
     def __init__(self, *args, kept: Mapping[str, Sequence[int]], name: str = 'block',
                  **kwargs):
@@ -154,8 +86,6 @@ class PrunedBasicBlock(PrunedBlockMixin, BasicBlock):
         >>> block(torch.rand(1, 8, 4, 4)).shape, block.conv1.weight.shape
         (torch.Size([1, 8, 4, 4]), torch.Size([3, 2, 3, 3]))
     """
-
-    chain = CHAINS[BasicBlock]
 
     def __init__(self, *args, kept: Mapping[str, Sequence[int]], name: str = 'block',
                  **kwargs):

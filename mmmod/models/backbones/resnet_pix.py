@@ -25,19 +25,21 @@ Everything else is mmpretrain's ResNet: stem, shortcut, state-dict names of the 
 ``frozen_stages`` (the PiX predictors of a frozen stage freeze with it), ``norm_eval``,
 ``zero_init_residual``, ``init_cfg``, deep stem, dilations and ``style``.
 """
-import torch  # noqa: F401  (used by the doctest examples)
+import torch
 import torch.nn as nn
-import torch.utils.checkpoint as cp
 from mmcv.cnn import build_conv_layer, build_norm_layer
 from mmpretrain.models.backbones.resnet import Bottleneck, ResLayer, ResNet
 
 from mmmod.registry import MODELS
+from ..layers.channel_structure import forward_block, structure_of
 from ..layers.pix import PiX, _check_pix_args
 from ._mod_utils import MoDBackboneMixin, pretrained_to_init_cfg
 
 
 class PiXBottleneck(Bottleneck):
-    """mmpretrain's Bottleneck with PiX in place of conv1 + norm1 + activation.
+    """mmpretrain's Bottleneck with PiX in place of conv1 + norm1 + activation: upstream's
+    channel structure (:data:`~mmmod.models.layers.channel_structure.BOTTLENECK`) with its
+    ``conv1`` step replaced by :meth:`squeeze`.
 
     Args:
         zeta_multiplier (int): global multiplier of the block's squeeze ratio. Default 1.
@@ -74,28 +76,23 @@ class PiXBottleneck(Bottleneck):
             self.add_module(self.norm2_name, build_norm_layer(self.norm_cfg, width)[1])
             self.conv3 = build_conv_layer(self.conv_cfg, width, out_channels, kernel_size=1,
                                           bias=False)
+        # upstream's Bottleneck description with its conv1 step (conv1, norm1, relu) replaced
+        self.channel_structure = structure_of(self).replace_step(
+            'conv1', unit='squeeze', conv=None, norm=None, act=None)
 
     @property
     def norm1(self):
         raise AttributeError(f'{type(self).__name__} has no norm1: PiX replaces conv1 + norm1')
 
-    def forward(self, x):
-        # Upstream's forward with its first three lines (conv1, norm1, relu) replaced by PiX.
-        def _inner_forward(x):
-            s = self.conv1_stride
-            out = self.pix(x if s == 1 else x[:, :, ::s, ::s])  # (N, C, H, W) -> (N, G, H, W)
-            out = self.relu(self.norm2(self.conv2(out)))
-            out = self.norm3(self.conv3(out))
-            identity = x if self.downsample is None else self.downsample(x)
-            out = self.drop_path(out)
-            out += identity
-            return out
+    def squeeze(self, x: torch.Tensor) -> torch.Tensor:
+        """The replaced step: PiX on x (N, C, H, W) -> (N, G, H / s, W / s), s the stride the
+        caffe-style conv1 had (every s-th pixel, as a strided 1x1 conv reads)."""
+        s = self.conv1_stride
+        return self.pix(x if s == 1 else x[:, :, ::s, ::s])
 
-        if self.with_cp and x.requires_grad:
-            out = cp.checkpoint(_inner_forward, x, use_reentrant=False)
-        else:
-            out = _inner_forward(x)
-        return self.relu(out)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (N, C_in, H, W) -> (N, C_out, H / stride, W / stride)."""
+        return forward_block(self, x)
 
 
 @MODELS.register_module()

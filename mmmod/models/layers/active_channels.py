@@ -30,31 +30,19 @@ from typing import Dict, Iterator, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from mmpretrain.models.backbones.mobilenet_v2 import InvertedResidual
-from mmpretrain.models.backbones.resnet import BasicBlock, Bottleneck
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .channel_structure import ACTIVE, forward_block
 from .gumbel_gate import GatedBlockMixin, iter_gated_blocks
-
-# block type -> its branch: (conv, norm, input position, output position), in forward order;
-# the last output position is added into the residual stream (PrunedResNet's blocks use it too)
-CHAINS = {
-    Bottleneck: (('conv1', 'norm1', 'input', 'conv1'), ('conv2', 'norm2', 'conv1', 'conv2'),
-                 ('conv3', 'norm3', 'conv2', 'conv3')),
-    BasicBlock: (('conv1', 'norm1', 'input', 'conv1'), ('conv2', 'norm2', 'conv1', 'conv2')),
-}
 
 Folded = Dict[str, Tuple[torch.Tensor, torch.Tensor]]
 
 
-def _chain(block: nn.Module):
-    for kind, chain in CHAINS.items():
-        if isinstance(block, kind) and isinstance(block, GatedBlockMixin):
-            return chain
-    raise TypeError(f'the active-channel path supports gated BasicBlock / Bottleneck / '
-                    f'InvertedResidual blocks (GatedResNet, GatedMobileNetV2), got '
-                    f'{type(block).__name__}')
+def _check_block(block: nn.Module) -> None:
+    if not (isinstance(block, GatedBlockMixin) and hasattr(block, 'channel_structure')):
+        raise TypeError(f'the active-channel path supports gated BasicBlock / Bottleneck / '
+                        f'InvertedResidual blocks (GatedResNet, GatedMobileNetV2), got '
+                        f'{type(block).__name__}')
 
 
 def _fold(conv: nn.Conv2d, norm: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -74,80 +62,18 @@ def _fold(conv: nn.Conv2d, norm: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]
 
 @torch.no_grad()
 def fold_block(block: nn.Module) -> Folded:
-    """BN-folded (weight, bias) of each conv of a gated block's branch and its projection
-    shortcut (key ``'downsample'``); of an inverted residual: its ConvModules, by index."""
-    if _is_inverted_residual(block):
-        return {i: _fold(m.conv, m.norm) for i, m in enumerate(block.conv)}
-    folded = {conv: _fold(getattr(block, conv), getattr(block, norm))
-              for conv, norm, _, _ in _chain(block)}
-    if block.downsample is not None:
-        *_, conv, norm = block.downsample  # upstream's Sequential([AvgPool2d,] conv, norm)
-        folded['downsample'] = _fold(conv, norm)
-    return folded
-
-
-def _conv(x, conv: nn.Conv2d, folded, out_index, in_index):
-    """``conv`` (BN folded) computing filters ``out_index`` from input channels ``in_index``
-    (None: all), on x (1, |in_index|, H, W) -> (1, |out_index|, H', W'). A depthwise conv
-    keeps its filters' own channels (``in_index`` unused)."""
-    weight, bias = folded
-    if out_index is not None:
-        weight, bias = weight.index_select(0, out_index), bias.index_select(0, out_index)
-    depthwise = conv.groups > 1
-    if in_index is not None and not depthwise:
-        weight = weight.index_select(1, in_index)  # (k_out, C_in, ...) -> (k_out, k_in, ...)
-    return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation,
-                    weight.shape[0] if depthwise else 1)
-
-
-def _is_inverted_residual(block: nn.Module) -> bool:
-    return isinstance(block, InvertedResidual) and isinstance(block, GatedBlockMixin)
-
-
-def _out_size(conv: nn.Conv2d, hw):
-    return tuple((s + 2 * p - d * (k - 1) - 1) // st + 1 for s, p, d, k, st in zip(
-        hw, conv.padding, conv.dilation, conv.kernel_size, conv.stride))
-
-
-def _inverted_residual_forward(block, x, folded, index):
-    """GatedMobileNetV2's block on its active channels; ``index`` position -> kept channel
-    indices (None: all). Residual blocks may close a position completely (empty index): a
-    conv with no input channel outputs its folded bias, as the masked block does."""
-    layers = list(block.conv)
-    pwl, dw = len(layers) - 1, len(layers) - 2
-    exp_index, out_index = index['expand'], index['output']
-    if out_index is not None and out_index.numel() == 0:
-        return x  # output closed (residual blocks only): the block is the identity
-    k_exp = block.hidden_channels if exp_index is None else exp_index.numel()
-    if k_exp == 0:  # expansion closed: pw-linear sees zeros, outputs its folded bias
-        bias = folded[pwl][1] if out_index is None else folded[pwl][1][out_index]
-        h, w = _out_size(layers[dw].conv, x.shape[2:])
-        out = bias[None, :, None, None].expand(1, -1, h, w).clone()  # (1, k_out, H', W')
-    else:
-        in_index = index.get('input')
-        if not block.with_expand:  # t = 1: the expansion tensor is the input
-            out = x if exp_index is None else x.index_select(1, exp_index)  # (1, k_exp, H, W)
-        elif in_index is not None and in_index.numel() == 0:  # input closed: pw gives its bias
-            bias = folded[0][1] if exp_index is None else folded[0][1][exp_index]
-            out = bias[None, :, None, None].expand(1, -1, *x.shape[2:])  # (1, k_exp, H, W)
-            out = layers[0].activate(out.clone())  # a real tensor: the activation is in place
-        else:
-            out = x if in_index is None else x.index_select(1, in_index)  # (1, k_in, H, W)
-            out = layers[0].activate(_conv(out, layers[0].conv, folded[0], exp_index, in_index))
-        out = layers[dw].activate(_conv(out, layers[dw].conv, folded[dw], exp_index, None))
-        out = _conv(out, layers[pwl].conv, folded[pwl], out_index, exp_index)  # (1, k_out, ..)
-    if block.use_res_connect:
-        return x + out if out_index is None else x.index_add(1, out_index, out)
-    if out_index is None:
-        return out
-    full = out.new_zeros(1, block.out_channels, *out.shape[2:])  # (1, C_out, H', W')
-    return full.index_copy_(1, out_index, out)
+    """BN-folded (weight, bias) of every conv step of a gated block's channel structure (its
+    branch and projection shortcut), by step name (``'conv1'``, ``'downsample'``, ``'pw'``)."""
+    _check_block(block)
+    return {step.name: _fold(*step.parts(block)[1:3])
+            for step in block.channel_structure.steps}
 
 
 def active_channel_forward(block: nn.Module, x: torch.Tensor, folded: Folded = None
                            ) -> torch.Tensor:
     """One gated BasicBlock / Bottleneck / InvertedResidual on its active channels: equal to
-    ``block(x)``.
+    ``block(x)``. The block's channel structure is walked with
+    :class:`~mmmod.models.layers.channel_structure.ActiveChannels`.
 
     Args:
         block: a GatedResNet / GatedMobileNetV2 block in eval mode.
@@ -165,7 +91,7 @@ def active_channel_forward(block: nn.Module, x: torch.Tensor, folded: Folded = N
         >>> torch.allclose(active_channel_forward(block, x), block(x), atol=1e-5)
         True
     """
-    chain = None if _is_inverted_residual(block) else _chain(block)
+    _check_block(block)
     if block.training:
         raise RuntimeError('the active-channel path is for inference: call model.eval() '
                            '(training samples gates with gradients through the masks)')
@@ -176,37 +102,10 @@ def active_channel_forward(block: nn.Module, x: torch.Tensor, folded: Folded = N
     z = block.sample_block_gates(x)  # position -> (1, groups); records last_gates
     index = {}
     for pos, z_full in z.items():
-        gate = block.gates[pos]
         # None = all on: skip the gathers
         index[pos] = (None if bool(z_full.all()) else
-                      gate.channel_mask(z_full)[0].nonzero()[:, 0])  # (1, C) -> (k,)
-    if chain is None:
-        return _inverted_residual_forward(block, x, folded, index)
-    out = x if index['input'] is None else x.index_select(1, index['input'])  # (1, k_in, H, W)
-    for i, (conv, _, src, dst) in enumerate(chain):
-        out = _conv(out, getattr(block, conv), folded[conv], index[dst], index[src])
-        if i < len(chain) - 1:
-            out = F.relu(out)  # (1, k_dst, H', W')
-    out_index = index[chain[-1][3]]
-    if block.downsample is None:
-        identity, ds_index = x, None
-    else:
-        *pool, conv, _ = block.downsample
-        identity = x
-        for layer in pool:
-            identity = layer(identity)
-        ds_index = index['downsample']
-        identity = _conv(identity, conv, folded['downsample'], ds_index, None)  # (1, k_ds, ..)
-    # residual add at the kept channels, as PrunedResNet's blocks do
-    if ds_index is None:
-        out = out + identity if out_index is None else identity.index_add(1, out_index, out)
-    elif out_index is None:
-        out = out.index_add_(1, ds_index, identity)
-    else:
-        full = out.new_zeros(1, block.out_channels, *out.shape[2:])  # (1, C_out, H', W')
-        full.index_copy_(1, ds_index, identity)
-        out = full.index_add_(1, out_index, out)
-    return F.relu(out)
+                      block.gates[pos].channel_mask(z_full)[0].nonzero()[:, 0])  # (1, C) -> (k,)
+    return forward_block(block, x, ACTIVE, (index, folded))
 
 
 @contextlib.contextmanager

@@ -29,6 +29,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .channel_structure import MACS, MASKS, forward_block, position_widths, walk
+from .channel_structure import conv_macs  # noqa: F401  (its home before channel_structure)
+
 GATE_MODES = ('threshold', 'stochastic', 'on')
 GATE_TYPES = ('dependent', 'independent')
 # Initial (off, on) logits of every gate: p_on = sigmoid(4 - 0.1) ~ 0.98, so training starts from
@@ -264,29 +267,35 @@ class GateRecord(NamedTuple):
     gate_flops: float
 
 
-def conv_macs(conv: nn.Conv2d, hw: Tuple[int, int], in_active, out_active):
-    """MACs of ``conv`` computing ``out_active`` of its filters from ``in_active`` input
-    channels, on an (H, W) input; returns ``(macs, (H_out, W_out))``. Depthwise convs
-    (``groups == in_channels``) pass ``in_active = 1``."""
-    h_out, w_out = (
-        (size + 2 * p - d * (k - 1) - 1) // s + 1 for size, p, d, k, s in zip(
-            hw, conv.padding, conv.dilation, conv.kernel_size, conv.stride))
-    k_area = conv.kernel_size[0] * conv.kernel_size[1]
-    return h_out * w_out * k_area * in_active * out_active, (h_out, w_out)
-
-
 class GatedBlockMixin:
-    """Gate bookkeeping shared by the gated blocks; put before the upstream block class.
+    """Gates on the positions of a block's channel structure; put before the upstream block.
 
-    A block calls :meth:`_init_gates` at the end of ``__init__`` with its positions, samples all
-    its gates at once with :meth:`sample_block_gates` at the start of ``forward`` and multiplies
-    each tensor with ``self.gates[position](t, z[position])``; it implements :meth:`flops`.
+    A block calls :meth:`_init_gated_structure` (or :meth:`_init_gates`) at the end of
+    ``__init__``. Its forward samples all gates at once from the block input
+    (:meth:`sample_block_gates`) and walks the block's ``channel_structure`` with
+    :class:`~mmmod.models.layers.channel_structure.Masks`, which multiplies each position's
+    tensor by ``self.gates[position](t, z[position])``; :meth:`flops` walks the same
+    description with :class:`~mmmod.models.layers.channel_structure.ConvMacs`.
 
     Side outputs of the last forward (never returned): ``last_gates`` position -> z_full
     (N, num_groups) and ``last_hw`` (input H, W). Every gate parameter lives in ``self.gate``.
     """
 
     gate_positions: Tuple[str, ...] = ()
+
+    def _init_gated_structure(self, structure, granularity: Dict[str, int], always_on: int,
+                              gate_type: str = 'dependent', gate_hidden: int = 16) -> None:
+        """A gate per position of ``structure`` (a ``BlockStructure``), ``granularity[p]``
+        filters per gate; the gate head reads the block input (``in_channels``)."""
+        self.channel_structure = structure
+        widths = position_widths(self)  # position -> channels, forward order
+        self._init_gates({p: (c, granularity[p], always_on) for p, c in widths.items()},
+                         self.in_channels, gate_type, gate_hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (N, C_in, H, W) -> (N, C_out, H / stride, W / stride), each position masked."""
+        z = self.sample_block_gates(x)  # position -> (N, groups)
+        return forward_block(self, x, MASKS, z)
 
     def _init_gates(self, positions: Dict[str, Tuple[int, int, int]], in_channels: int,
                     gate_type: str = 'dependent', gate_hidden: int = 16) -> None:
@@ -336,7 +345,7 @@ class GatedBlockMixin:
     def flops(self, counts: Dict[str, torch.Tensor]) -> torch.Tensor:
         """Conv MACs of the block, (N,), from active channel counts per position (at
         ``last_hw``); a position missing from ``counts`` counts as fully on."""
-        raise NotImplementedError
+        return walk(self, (0, self.last_hw), MACS, counts)
 
     def full_flops(self) -> float:
         counts = {p: torch.tensor([float(g.channels)]) for p, g in self.gates.items()}
