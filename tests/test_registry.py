@@ -23,6 +23,7 @@ BACKBONES = {
     'GatedResNet': dict(depth=18),
     'GatedResNetV1c': dict(depth=18),
     'GatedMobileNetV2': dict(),
+    'BanditResNet': dict(depth=18),
 }
 # Pruned backbones need a channel config: the export of a freshly built data-independent gated
 # network (its gates start ~98% on, so every channel is kept).

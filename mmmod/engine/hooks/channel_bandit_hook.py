@@ -8,7 +8,7 @@ from mmengine.model import is_model_wrapper
 
 from mmmod.registry import HOOKS
 
-__all__ = ['ChannelBanditHook', 'bandit_backbones']
+__all__ = ['ChannelBanditHook', 'bandit_backbones', 'summed_over_ranks']
 
 
 def bandit_backbones(model) -> List[torch.nn.Module]:
@@ -75,15 +75,20 @@ class ChannelBanditHook(Hook):
             if self._fixed(runner):
                 backbone.end_bandit_step(observe=False)
                 continue
-            raw = backbone.step_saliencies()
-            if get_world_size() > 1:
-                flat = torch.cat(raw)  # (A,) signed: summed over ranks before abs
-                all_reduce(flat, op='sum')
-                raw = list(flat.split([r.numel() for r in raw]))
-            backbone.end_bandit_step(raw)
+            backbone.end_bandit_step(summed_over_ranks(backbone.step_saliencies()))
             if self.every_n_train_iters(runner, self.log_interval):
                 for key, value in backbone.bandit_log(self._masks[id(backbone)]).items():
                     runner.message_hub.update_scalar(f'train/bandit_{key}', value)
+
+
+def summed_over_ranks(raw: List[torch.Tensor]) -> List[torch.Tensor]:
+    """Per-layer signed raw saliencies summed over all ranks (each holds part of the batch),
+    so that every rank observes the same values and selects the same channels."""
+    if get_world_size() == 1:
+        return raw
+    flat = torch.cat(raw)  # (A,) signed: summed before the absolute value
+    all_reduce(flat, op='sum')
+    return list(flat.split([r.numel() for r in raw]))
 
 
 def _snapshot(frozen: Dict[int, tuple], optimizer) -> list:

@@ -1,3 +1,4 @@
+from .bandit_resnet import BanditResNet
 from .gated_mobilenet_v2 import GatedMobileNetV2
 from .gated_resnet import GatedResNet, GatedResNetV1c
 from .mobilenet_v2_mod import MobileNetV2MoD
@@ -9,4 +10,4 @@ from .resnet_pix import ResNetPiX, ResNetV1cPiX
 __all__ = [
     'GatedResNet', 'GatedResNetV1c', 'GatedMobileNetV2',
     'PrunedResNet', 'PrunedResNetV1c', 'PrunedMobileNetV2',
-    'ResNetMoD', 'ResNetV1cMoD', 'MobileNetV2MoD', 'ResNetPiX', 'ResNetV1cPiX']
+    'ResNetMoD', 'ResNetV1cMoD', 'MobileNetV2MoD', 'ResNetPiX', 'ResNetV1cPiX', 'BanditResNet']

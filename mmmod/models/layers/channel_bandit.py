@@ -13,9 +13,12 @@ and after the step observes the saliency of the active channels (Eq. 2-3)::
     sal_raw[k] = | sum_{batch, map} dL/dh_k * h_k |        # first-order loss change
     sal[k]     = sal_raw[k] / || sal_raw[active of layer] ||_2
 
-This module is the bandit only: arm bookkeeping, selection and updates, on flat tensors with one
-slice per layer. Where the masks act in a network and how saliencies are measured belong to the
-blocks' channel positions. The state (``T``, ``mu``, the step counter) is held in buffers, so it
+:class:`ChannelBandit` is the bandit: arm bookkeeping, selection and updates, on flat tensors
+with one slice per layer. A step's selection acts at the blocks' channel positions
+(:mod:`~mmmod.models.layers.channel_structure`) through one of two parts of the same walk:
+:class:`MaskedChannels` (the paper's implementation: inactive outputs times 0) or
+:class:`ThinChannels` (the active sub-network only, full weights gathered per step), both
+recording saliencies in backward through :class:`BanditStep`. The state (``T``, ``mu``, the step counter) is held in buffers, so it
 goes into checkpoints and ``--resume`` continues from it; the random tie-breaking draws from a
 generator seeded by ``(seed, step)``, so a resumed run and every rank of a distributed run
 select exactly what an uninterrupted single run selects.
@@ -31,12 +34,19 @@ Choices where the paper is silent, each an option:
   Either way ``t`` starts at the number of arms (step 3).
 """
 import math
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ['ChannelBandit', 'BANDIT_INITS', 'FIXED_SELECTIONS', 'raw_saliency']
+from .channel_structure import Part, _Gathered, gathered_conv
+
+__all__ = [
+    'ChannelBandit', 'BANDIT_INITS', 'FIXED_SELECTIONS', 'raw_saliency', 'BanditStep',
+    'MaskedChannels', 'ThinChannels', 'thin_norm', 'EXECUTIONS'
+]
 
 BANDIT_INITS = ('untried', 'per_arm')
 FIXED_SELECTIONS = ('mean', 'random')
@@ -205,3 +215,116 @@ class ChannelBandit(nn.Module):
     def extra_repr(self) -> str:
         return (f'arms={self.num_arms}, layers={len(self.widths)}, ratio={self.ratio}, '
                 f'active={self.num_active}, init={self.init!r}')
+
+
+# ---------------------------------------------------------------------------------------------
+# The bandit's selection at a block's channel positions (parts of the channel-structure walk)
+# ---------------------------------------------------------------------------------------------
+class BanditStep:
+    """One step's selection as a block (or the stem) sees it.
+
+    Args:
+        masks (dict): position -> (C,) bool active channels (absent: all active).
+        saliency (dict | None): position -> (C,) float64 accumulator of the raw saliency
+            (:func:`raw_saliency`), filled during backward; None: not recorded (eval).
+    """
+
+    def __init__(self, masks: Dict[str, torch.Tensor],
+                 saliency: Optional[Dict[str, torch.Tensor]] = None):
+        self.masks = masks
+        self.index = {pos: torch.nonzero(m).flatten() for pos, m in masks.items()}  # (k,)
+        self.scale = {pos: m.float() for pos, m in masks.items()}  # (C,)
+        self.saliency = saliency
+
+    def get(self, pos: str) -> Optional[torch.Tensor]:
+        """Active indices (k,) of a position, None where every channel is active (the
+        :class:`~mmmod.models.layers.channel_structure.KeptChannels` protocol)."""
+        return self.index.get(pos)
+
+    def record(self, pos: str, t: torch.Tensor, thin: bool) -> None:
+        """Have backward add t's raw saliency into ``saliency[pos]``; t is (N, C, H, W), or
+        (N, k, H, W) holding the active channels when ``thin``."""
+        if self.saliency is None or pos not in self.saliency or not t.requires_grad:
+            return
+        acc, index, h = self.saliency[pos], self.index[pos] if thin else None, t.detach()
+
+        def hook(grad):
+            raw = raw_saliency(h, grad)  # (k,) or (C,)
+            if index is None:
+                acc.add_(raw)
+            else:
+                acc.index_add_(0, index.to(acc.device), raw)  # (k,) -> (C,) at the actives
+
+        t.register_hook(hook)
+
+
+def thin_norm(norm: nn.Module, t: torch.Tensor, index: Optional[torch.Tensor]) -> torch.Tensor:
+    """``norm`` (a BatchNorm) on t (N, k, H, W), the channels ``index`` (k,) of its input: its
+    affine parameters gathered there (gradients flow back into the full ones) and, in
+    training, the running statistics of those channels updated in place, as upstream's
+    ``_BatchNorm.forward`` updates all of them."""
+    if index is None:
+        return norm(t)
+    if not isinstance(norm, _BatchNorm):
+        raise TypeError(f'thin execution needs BatchNorm layers, got {type(norm).__name__}; '
+                        "use execution='masked'")
+    factor = 0.0
+    if norm.training and norm.track_running_stats:
+        norm.num_batches_tracked.add_(1)
+        factor = 1.0 / float(norm.num_batches_tracked) if norm.momentum is None \
+            else norm.momentum
+    stats = norm.track_running_stats and norm.running_mean is not None
+    mean = norm.running_mean.index_select(0, index) if stats else None  # (k,)
+    var = norm.running_var.index_select(0, index) if stats else None
+    weight = None if norm.weight is None else norm.weight.index_select(0, index)
+    bias = None if norm.bias is None else norm.bias.index_select(0, index)
+    out = F.batch_norm(t, mean, var, weight, bias, norm.training or not stats, factor, norm.eps)
+    if norm.training and stats:
+        with torch.no_grad():
+            norm.running_mean.index_copy_(0, index, mean)
+            norm.running_var.index_copy_(0, index, var)
+    return out
+
+
+class MaskedChannels(Part):
+    """The paper's execution: inactive channels of a position multiplied by 0. ``state``: a
+    :class:`BanditStep`."""
+
+    def at(self, block, pos, t, state):
+        scale = state.scale.get(pos)
+        if scale is not None:
+            t = t * scale.to(t)[None, :, None, None]  # (N, C, H, W) * (1, C, 1, 1)
+            state.record(pos, t, thin=False)
+        return t
+
+
+class ThinChannels(_Gathered):
+    """Really thin execution: each conv runs its full weights gathered at the active filters of
+    the position it writes and the active channels of the one it reads; norms on the active
+    channels (:func:`thin_norm`). Equal to :class:`MaskedChannels` on the active channels; the
+    inactive ones are never computed. ``state``: a :class:`BanditStep`."""
+
+    def index(self, block, state, pos):
+        return state.get(pos)
+
+    def conv(self, block, step, t, state):
+        out_index = state.get(step.writes)
+        in_index = None if step.reads is None else state.get(step.reads)
+        if out_index is None and in_index is None:
+            return super().conv(block, step, t, state)
+        pre, conv, norm, act = step.parts(block)
+        for layer in pre:
+            t = layer(t)  # the shortcut's average pool
+        out = gathered_conv(t, conv, conv.weight, conv.bias, out_index, in_index)
+        out = thin_norm(norm, out, out_index)
+        return out if act is None else act(out)
+
+    def at(self, block, pos, t, state):
+        if pos in state.index:
+            state.record(pos, t, thin=True)
+        return t
+
+
+MASKED, THIN = MaskedChannels(), ThinChannels()
+#: How a training step runs the selection.
+EXECUTIONS = {'masked': MASKED, 'thin': THIN}
