@@ -14,13 +14,14 @@ import torch
 import torch.nn as nn
 from torch.utils import benchmark
 
+from mmmod.models.backbones.base import MOD_DEPTHS
+
 # name -> backbone config of an ImageNet classifier (GAP neck + linear head, as mmpretrain's)
 PRESETS: Dict[str, dict] = {
     'resnet50': dict(type='ResNet', depth=50),
     'resnet101': dict(type='ResNet', depth=101),
     'resnet152': dict(type='ResNet', depth=152),
-    **{f'resnet{d}-mod': dict(type='ResNetMoD', depth=d)
-       for d in (18, 26, 34, 42, 50, 75, 86, 101, 152)},
+    **{f'resnet{d}-mod': dict(type='ResNetMoD', depth=d) for d in MOD_DEPTHS},
     'resnet18': dict(type='ResNet', depth=18),
     'resnet34': dict(type='ResNet', depth=34),
     'mobilenetv2': dict(type='MobileNetV2'),

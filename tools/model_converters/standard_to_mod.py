@@ -22,11 +22,9 @@ from mmengine.config import Config
 from mmengine.runner.checkpoint import _load_checkpoint
 
 import mmmod  # noqa: F401  registers the MoD backbones; safe checkpoint loaders
+from mmmod.models.backbones.base import MOBILENET_V2  # t, c, n, s; features.1..17 in order
 from mmmod.registry import MODELS
 
-# t, c, n, s -- torchvision's (and mmpretrain's) MobileNetV2 table; features.1..17 in order
-MOBILENET_V2_TABLE = [[1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 3, 2], [6, 64, 4, 2],
-                      [6, 96, 3, 1], [6, 160, 3, 2], [6, 320, 1, 1]]
 
 
 def _torchvision_resnet(state: Dict) -> Dict:
@@ -37,7 +35,7 @@ def _torchvision_resnet(state: Dict) -> Dict:
 
 def _torchvision_mobilenet_v2(state: Dict) -> Dict:
     blocks = []  # features index 1..17 -> (layer name, expand ratio)
-    for i, (t, _, n, _) in enumerate(MOBILENET_V2_TABLE, start=1):
+    for i, (t, _, n, _) in enumerate(MOBILENET_V2, start=1):
         blocks += [(f'layer{i}.{j}', t) for j in range(n)]
     last = len(blocks) + 1  # features.18: the final 1x1 conv
     out = OrderedDict()

@@ -6,7 +6,6 @@ import torch
 
 from mmmod.registry import MODELS
 from ..layers.gumbel_gate import GateRecord, check_gate_mode, iter_gated_blocks
-from ._mod_utils import MoDBackboneMixin
 
 
 def resolve_granularity(granularity: Union[str, Mapping], settings: Mapping[str, Mapping],
@@ -72,8 +71,8 @@ class _AttachGateLoss(torch.autograd.Function):
         return grad, grad.new_full(ctx.loss_shape, ctx.scale), None
 
 
-class GatedBackboneMixin(MoDBackboneMixin):
-    """Put before an mmpretrain backbone class whose blocks are gated blocks.
+class GatedBackboneMixin:
+    """Put before a backbone base (:mod:`~mmmod.models.backbones.base`) whose blocks are gated.
 
     Subclasses call :meth:`_init_gating` at the end of ``__init__``. In training with a
     ``gate_loss`` the loss is attached to the LAST output (see :class:`_AttachGateLoss`): the task

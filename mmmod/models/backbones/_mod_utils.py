@@ -1,9 +1,5 @@
-"""What ResNetMoD and MobileNetV2MoD share: where MoD blocks go, the input check, mmseg's
-``pretrained``."""
-import warnings
+"""What ResNetMoD and MobileNetV2MoD share: where MoD blocks go."""
 from typing import List, Sequence, Tuple, Union
-
-import torch
 
 MOD_PATTERNS = ('alternate', 'all', 'none')
 
@@ -45,35 +41,3 @@ def mod_block_masks(stage_blocks: Sequence[int],
         raise ValueError('block 0 of a stage cannot be a MoD block (it holds the stride and the '
                          'projection shortcut); set the first entry of every stage mask to 0')
     return masks
-
-
-def pretrained_to_init_cfg(pretrained, init_cfg):
-    """mmseg copies ``model.pretrained`` into the backbone; turn it into an init_cfg."""
-    if not isinstance(pretrained, str):
-        raise TypeError(f'pretrained must be a checkpoint path/URL string or None, '
-                        f'got {type(pretrained).__name__}')
-    if init_cfg is not None:
-        raise ValueError('give either pretrained or init_cfg, not both')
-    warnings.warn('pretrained is deprecated, use init_cfg=dict(type="Pretrained", '
-                  'checkpoint=...) instead', DeprecationWarning)
-    return dict(type='Pretrained', checkpoint=pretrained)
-
-
-class MoDBackboneMixin:
-    """Put before an mmpretrain backbone class: checks the input and makes ``train()`` chainable.
-
-    Subclasses set ``input_channels``. Upstream's ``train()`` re-applies frozen stages and
-    norm_eval but returns None, so ``model.eval()`` could not be chained as in plain PyTorch.
-    """
-
-    input_channels: int = 3
-
-    def forward(self, x: torch.Tensor):
-        if x.dim() != 4 or x.shape[1] != self.input_channels:
-            raise ValueError(f'{type(self).__name__} expects (N, {self.input_channels}, H, W) '
-                             f'input, got {tuple(x.shape)}')
-        return super().forward(x)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        return self

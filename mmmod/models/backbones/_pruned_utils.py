@@ -118,6 +118,11 @@ class PrunedBackboneMixin:
     """Slices full-width weights into a pruned backbone. Its pruned blocks expose ``slices``:
     sub-module name -> (kept output rows, kept input columns or None)."""
 
+    @staticmethod
+    def block_name(stage: int, index: int) -> str:
+        """The state-dict prefix of block ``index`` of ``stage``, the key of its ``channel_cfg``."""
+        return f'layer{stage + 1}.{index}'
+
     def state_dict_from_full(self, full: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """This network's state dict sliced out of the full-width network's (a gated one's
         too: its gate entries are ignored). Keys without a prefix (backbone level)."""

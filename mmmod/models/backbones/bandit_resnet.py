@@ -22,12 +22,13 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
-from mmpretrain.models.backbones.resnet import BasicBlock, Bottleneck, ResNet
+from mmpretrain.models.backbones.resnet import BasicBlock, Bottleneck
 
 from mmmod.registry import MODELS
 from ..layers.channel_bandit import EXECUTIONS, BanditStep, ChannelBandit, thin_norm
 from ..layers.channel_structure import (PLAIN, forward_block, gathered_conv, position_widths,
                                         structure_of)
+from .base import ResNetBase, resnet_arch_settings
 
 STEM = 'stem'
 
@@ -57,7 +58,7 @@ class BanditBasicBlock(_BanditBlock, BasicBlock):
 
 
 @MODELS.register_module()
-class BanditResNet(ResNet):
+class BanditResNet(ResNetBase):
     """ResNet whose channels a CUCB bandit selects at every training step.
 
     Args:
@@ -72,7 +73,8 @@ class BanditResNet(ResNet):
         init (str): ``'untried'`` or ``'per_arm'`` (see :class:`ChannelBandit`).
         seed (int): the bandit's tie-breaking seed (shared by all ranks).
         arm_tied (bool): also make conv3 / shortcut outputs arms. Default False.
-        **kwargs: mmpretrain's ResNet arguments (``with_cp`` is refused).
+        **kwargs: as :class:`~mmmod.models.backbones.base.ResNetBase` (mmpretrain's
+            ``ResNet``; ``with_cp`` is refused).
 
     Shapes:
         x: (N, in_channels, H, W) -> tuple of (N, C_i, H / s_i, W / s_i) for i in out_indices.
@@ -88,14 +90,8 @@ class BanditResNet(ResNet):
         ((2, 2048, 2, 2), 1)
     """
 
-    # depth: (block, blocks per stage)
-    arch_settings = {
-        18: (BanditBasicBlock, (2, 2, 2, 2)),
-        34: (BanditBasicBlock, (3, 4, 6, 3)),
-        50: (BanditBottleneck, (3, 4, 6, 3)),
-        101: (BanditBottleneck, (3, 4, 23, 3)),
-        152: (BanditBottleneck, (3, 8, 36, 3)),
-    }
+    arch_settings = resnet_arch_settings(dict(basic=BanditBasicBlock,
+                                              bottleneck=BanditBottleneck))
 
     def __init__(self, depth: int, ratio: float = 0.5, execution: str = 'thin',
                  freeze_inactive: bool = True, init: str = 'untried', seed: int = 0,

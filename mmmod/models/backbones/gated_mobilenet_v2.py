@@ -18,12 +18,13 @@ from typing import Mapping, Union
 
 import torch  # noqa: F401  (used by the doctest examples)
 import torch.nn as nn
-from mmpretrain.models.backbones.mobilenet_v2 import InvertedResidual, MobileNetV2
+from mmpretrain.models.backbones.mobilenet_v2 import InvertedResidual
 
 from mmmod.registry import MODELS
 from ..layers.channel_structure import INVERTED_RESIDUAL, structure_of
 from ..layers.gumbel_gate import GatedBlockMixin
 from ._gate_utils import GatedBackboneMixin, resolve_granularity
+from .base import MOBILENET_V2, MobileNetV2Base
 
 # Groups always on in blocks without / with a residual connection (Sec. 4.2).
 ALWAYS_ON_PLAIN = 1
@@ -67,7 +68,7 @@ class GatedInvertedResidual(GatedBlockMixin, InvertedResidual):
 
 
 @MODELS.register_module()
-class GatedMobileNetV2(GatedBackboneMixin, MobileNetV2):
+class GatedMobileNetV2(GatedBackboneMixin, MobileNetV2Base):
     """MobileNetV2 whose inverted residuals carry Gumbel channel gates.
 
     Args:
@@ -77,8 +78,8 @@ class GatedMobileNetV2(GatedBackboneMixin, MobileNetV2):
         granularity (str | dict): ``'low'`` (the paper's table, Sec. 4.2, one entry per row of
             ``arch_settings``) or a dict ``input``/``expand``/``output`` -> int or one int per
             row (7 rows).
-        **kwargs: everything else of mmpretrain's ``MobileNetV2`` (widen_factor, out_indices,
-            frozen_stages, conv_cfg, norm_cfg, act_cfg, norm_eval, with_cp, init_cfg).
+        **kwargs: as :class:`~mmmod.models.backbones.base.MobileNetV2Base` (pretrained and
+            mmpretrain's ``MobileNetV2``).
 
     Shapes:
         x: (N, 3, H, W) -> tuple of feature maps for out_indices (7 = conv2, (N, 1280, H/32, W/32)).
@@ -104,24 +105,17 @@ class GatedMobileNetV2(GatedBackboneMixin, MobileNetV2):
                  gate_tau: float = 0.5,
                  gate_hidden: int = 16,
                  **kwargs):
-        # Read by make_layer, which MobileNetV2.__init__ calls once per table row.
+        # Read by make_block, which MobileNetV2.__init__ reaches once per block.
         self._stage_granularity = resolve_granularity(
             granularity, self.granularity_settings, GatedInvertedResidual.positions,
-            len(self.arch_settings), type(self).__name__)
+            len(MOBILENET_V2), type(self).__name__)
         self._gate_cfg = dict(gate_type=gate_type, gate_hidden=gate_hidden)
-        super().__init__(**kwargs)
         self.gate_type = gate_type
         self.granularity = granularity
+        super().__init__(MOBILENET_V2, **kwargs)
         self._init_gating(gate_loss, gate_mode, gate_tau)
 
-    def make_layer(self, out_channels, num_blocks, stride, expand_ratio):
-        """One table row of gated inverted residuals."""
-        granularity = self._stage_granularity[len(self.layers)]  # upstream appends after
-        layers = []
-        for i in range(num_blocks):
-            layers.append(GatedInvertedResidual(
-                self.in_channels, out_channels, stride if i == 0 else 1, expand_ratio,
-                granularity=granularity, conv_cfg=self.conv_cfg, norm_cfg=self.norm_cfg,
-                act_cfg=self.act_cfg, with_cp=self.with_cp, **self._gate_cfg))
-            self.in_channels = out_channels  # upstream threads the width through this attribute
-        return nn.Sequential(*layers)
+    def make_block(self, stage: int, index: int, **kwargs) -> nn.Module:
+        """A gated inverted residual with its table row's granularity."""
+        return GatedInvertedResidual(granularity=self._stage_granularity[stage],
+                                     **self._gate_cfg, **kwargs)

@@ -19,13 +19,13 @@ from typing import Mapping, Union
 
 import torch  # noqa: F401  (used by the doctest examples)
 import torch.nn as nn
-from mmpretrain.models.backbones.resnet import BasicBlock, Bottleneck, ResLayer, ResNet
+from mmpretrain.models.backbones.resnet import BasicBlock, Bottleneck
 
 from mmmod.registry import MODELS
 from ..layers.channel_structure import BASIC_BLOCK, BOTTLENECK, structure_of
 from ..layers.gumbel_gate import GatedBlockMixin
 from ._gate_utils import GatedBackboneMixin, resolve_granularity
-from ._mod_utils import pretrained_to_init_cfg
+from .base import ResNetBase, V1cStem, resnet_arch_settings
 
 
 class _GatedResidualBlock(GatedBlockMixin):
@@ -82,7 +82,7 @@ class GatedBasicBlock(_GatedResidualBlock, BasicBlock):
 
 
 @MODELS.register_module()
-class GatedResNet(GatedBackboneMixin, ResNet):
+class GatedResNet(GatedBackboneMixin, ResNetBase):
     """ResNet whose residual blocks carry Gumbel channel gates.
 
     Args:
@@ -100,12 +100,9 @@ class GatedResNet(GatedBackboneMixin, ResNet):
         gate_mode (str): inference mode, one of ``GATE_MODES``. Default ``'threshold'``.
         gate_tau (float): threshold of ``'threshold'`` mode. Default 0.5.
         gate_hidden (int): width of each dependent gate's network. Default 16.
-        contract_dilation (bool): halve the dilation of a dilated stage's first block (mmseg).
-        pretrained (str, optional): mmseg-style checkpoint, converted to a Pretrained init_cfg.
-        **kwargs: everything else of mmpretrain's ``ResNet`` (in_channels, stem_channels,
-            base_channels, num_stages, strides, dilations, out_indices, style, deep_stem,
-            avg_down, frozen_stages, conv_cfg, norm_cfg, norm_eval, with_cp,
-            zero_init_residual, init_cfg, drop_path_rate).
+        contract_dilation, pretrained, **kwargs: as
+            :class:`~mmmod.models.backbones.base.ResNetBase` (mmseg's dilation rule, mmseg's
+            ``pretrained``, everything of mmpretrain's ``ResNet``).
 
     Shapes:
         x: (N, in_channels, H, W) -> tuple of (N, C_i, H / s_i, W / s_i) for i in out_indices.
@@ -123,14 +120,8 @@ class GatedResNet(GatedBackboneMixin, ResNet):
         (728, 1.0)
     """
 
-    # depth: (block, blocks per stage)
-    arch_settings = {
-        18: (GatedBasicBlock, (2, 2, 2, 2)),
-        34: (GatedBasicBlock, (3, 4, 6, 3)),
-        50: (GatedBottleneck, (3, 4, 6, 3)),
-        101: (GatedBottleneck, (3, 4, 23, 3)),
-        152: (GatedBottleneck, (3, 8, 36, 3)),
-    }
+    arch_settings = resnet_arch_settings(dict(basic=GatedBasicBlock,
+                                              bottleneck=GatedBottleneck))
     # granularity: block -> position -> filters per gate in stages 1-4 (Sec. 4.2)
     granularity_settings = {
         'low': {
@@ -153,47 +144,22 @@ class GatedResNet(GatedBackboneMixin, ResNet):
                  contract_dilation: bool = False,
                  pretrained=None,
                  **kwargs):
-        if depth not in self.arch_settings:
-            raise KeyError(f'invalid depth {depth!r} for {type(self).__name__}; choose from '
-                           f'{sorted(self.arch_settings)}')
-        block = self.arch_settings[depth][0]
-        num_stages = kwargs.get('num_stages', 4)
+        block, stage_blocks = self.arch_of(depth, kwargs.get('num_stages', 4))
         settings = {name: table[block] for name, table in self.granularity_settings.items()}
-        # Read by make_res_layer, which ResNet.__init__ calls once per stage.
-        self._stage_granularity = resolve_granularity(granularity, settings, block.positions,
-                                                      num_stages, type(self).__name__)
+        # Read by make_block, which ResNet.__init__ reaches once per block.
+        self._stage_granularity = resolve_granularity(
+            granularity, settings, block.positions, len(stage_blocks), type(self).__name__)
         self._gate_cfg = dict(gate_type=gate_type, gate_hidden=gate_hidden)
-        self.contract_dilation = contract_dilation
-        if pretrained is not None:
-            kwargs['init_cfg'] = pretrained_to_init_cfg(pretrained, kwargs.get('init_cfg'))
-        self.input_channels = kwargs.get('in_channels', 3)
-        super().__init__(depth=depth, **kwargs)
         self.gate_type = gate_type
         self.granularity = granularity
+        super().__init__(depth, contract_dilation, pretrained, **kwargs)
         self._init_gating(gate_loss, gate_mode, gate_tau)
 
-    def make_res_layer(self, block, num_blocks, in_channels, out_channels, expansion, stride=1,
-                       dilation=1, avg_down=False, drop_path_rate=0.0, **kwargs):
-        """One stage of gated blocks; block 0 carries the stride and the projection shortcut
-        (built by upstream's ResLayer, so avg_down and norms are upstream's)."""
-        stage = len(self.res_layers)  # ResNet.__init__ appends each stage after building it
-        gate_kwargs = dict(granularity=self._stage_granularity[stage], **self._gate_cfg)
-        dpr = (list(drop_path_rate) if isinstance(drop_path_rate, (list, tuple))
-               else [drop_path_rate] * num_blocks)
-        first_dilation = dilation // 2 if self.contract_dilation and dilation > 1 else dilation
-        blocks = [ResLayer(block, 1, in_channels, out_channels, expansion=expansion,
-                           stride=stride, avg_down=avg_down, dilation=first_dilation,
-                           drop_path_rate=dpr[:1], **gate_kwargs, **kwargs)[0]]
-        for i in range(1, num_blocks):
-            blocks.append(block(in_channels=out_channels, out_channels=out_channels,
-                                expansion=expansion, stride=1, dilation=dilation,
-                                drop_path_rate=dpr[i], **gate_kwargs, **kwargs))
-        return nn.Sequential(*blocks)
+    def make_block(self, stage: int, index: int, block: type, **kwargs) -> nn.Module:
+        """A gated block with its stage's granularity."""
+        return block(granularity=self._stage_granularity[stage], **self._gate_cfg, **kwargs)
 
 
 @MODELS.register_module()
-class GatedResNetV1c(GatedResNet):
+class GatedResNetV1c(V1cStem, GatedResNet):
     """GatedResNet with the V1c deep stem (three 3x3 convs), the mmseg FCN backbone."""
-
-    def __init__(self, **kwargs):
-        super().__init__(deep_stem=True, avg_down=False, **kwargs)

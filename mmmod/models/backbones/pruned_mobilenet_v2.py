@@ -17,13 +17,13 @@ from typing import Mapping, Sequence
 
 import torch
 import torch.nn as nn
-from mmpretrain.models.backbones.mobilenet_v2 import InvertedResidual, MobileNetV2
+from mmpretrain.models.backbones.mobilenet_v2 import InvertedResidual
 
 from mmmod.registry import MODELS
 from ..layers.channel_structure import KEPT, forward_block, position_widths, structure_of
-from ._mod_utils import MoDBackboneMixin
 from ._pruned_utils import (PrunedBackboneMixin, check_block_names, check_positions,
                             load_channel_cfg, prune_block)
+from .base import MOBILENET_V2, MobileNetV2Base
 
 
 class PrunedInvertedResidual(InvertedResidual):
@@ -62,15 +62,15 @@ class PrunedInvertedResidual(InvertedResidual):
 
 
 @MODELS.register_module()
-class PrunedMobileNetV2(PrunedBackboneMixin, MoDBackboneMixin, MobileNetV2):
+class PrunedMobileNetV2(PrunedBackboneMixin, MobileNetV2Base):
     """MobileNetV2 whose inverted residuals keep only the channels listed in ``channel_cfg``.
 
     Args:
         channel_cfg (str | dict): the exporter's ``<name>_channels.json`` or its dict,
             ``{"blocks": {"layer1.0": {"expand": [...], "output": [...]}, "layer2.0": {"input":
             ..., "expand": ..., "output": ...}, ...}}``.
-        **kwargs: mmpretrain's ``MobileNetV2`` arguments (widen_factor, out_indices,
-            frozen_stages, norm_cfg, act_cfg, norm_eval, with_cp, init_cfg).
+        **kwargs: as :class:`~mmmod.models.backbones.base.MobileNetV2Base` (pretrained and
+            mmpretrain's ``MobileNetV2``).
 
     Example:
         >>> from mmmod.models.backbones import GatedMobileNetV2
@@ -83,22 +83,14 @@ class PrunedMobileNetV2(PrunedBackboneMixin, MoDBackboneMixin, MobileNetV2):
 
     def __init__(self, channel_cfg, **kwargs):
         cfg = load_channel_cfg(channel_cfg)
-        self._kept = cfg['blocks']
-        check_block_names(self._kept, (f'layer{i + 1}.{b}' for i, (_, _, n, _) in
-                                       enumerate(self.arch_settings) for b in range(n)),
+        check_block_names(cfg['blocks'], (self.block_name(i, b) for i, (_, _, n, _) in
+                                          enumerate(MOBILENET_V2) for b in range(n)),
                           'a MobileNetV2')
-        self.input_channels = 3
-        super().__init__(**kwargs)
         self.channel_cfg = cfg
+        super().__init__(MOBILENET_V2, **kwargs)
 
-    def make_layer(self, out_channels, num_blocks, stride, expand_ratio):
-        stage = len(self.layers)  # upstream appends each row after building it
-        layers = []
-        for i in range(num_blocks):
-            name = f'layer{stage + 1}.{i}'
-            layers.append(PrunedInvertedResidual(
-                self.in_channels, out_channels, stride if i == 0 else 1, expand_ratio,
-                kept=self._kept[name], name=name, conv_cfg=self.conv_cfg,
-                norm_cfg=self.norm_cfg, act_cfg=self.act_cfg, with_cp=self.with_cp))
-            self.in_channels = out_channels  # upstream threads the width through this attribute
-        return nn.Sequential(*layers)
+    def make_block(self, stage: int, index: int, **kwargs) -> nn.Module:
+        """A pruned inverted residual keeping its ``channel_cfg`` channels."""
+        name = self.block_name(stage, index)
+        return PrunedInvertedResidual(kept=self.channel_cfg['blocks'][name], name=name,
+                                      **kwargs)

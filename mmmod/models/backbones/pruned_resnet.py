@@ -19,13 +19,13 @@ from typing import Dict, Mapping, Sequence, Union
 
 import torch
 import torch.nn as nn
-from mmpretrain.models.backbones.resnet import BasicBlock, Bottleneck, ResLayer, ResNet
+from mmpretrain.models.backbones.resnet import BasicBlock, Bottleneck
 
 from mmmod.registry import MODELS
 from ..layers.channel_structure import KEPT, forward_block, position_widths, structure_of
-from ._mod_utils import MoDBackboneMixin, pretrained_to_init_cfg
 from ._pruned_utils import (PrunedBackboneMixin, check_block_names, check_positions,
                             load_channel_cfg, prune_block)
+from .base import ResNetBase, V1cStem, resnet_arch_settings
 
 
 class PrunedBlockMixin:
@@ -94,7 +94,7 @@ class PrunedBasicBlock(PrunedBlockMixin, BasicBlock):
 
 
 @MODELS.register_module()
-class PrunedResNet(PrunedBackboneMixin, MoDBackboneMixin, ResNet):
+class PrunedResNet(PrunedBackboneMixin, ResNetBase):
     """ResNet whose residual branches keep only the channels listed in ``channel_cfg``.
 
     Args:
@@ -103,10 +103,9 @@ class PrunedResNet(PrunedBackboneMixin, MoDBackboneMixin, ResNet):
             ``{"blocks": {"layer1.0": {"input": [...], "conv1": [...], ...}, ...}}``, the kept
             channel indices (strictly increasing) of every gated position of every block
             (``GatedResNet``'s positions). Optional ``"depth"`` is checked against ``depth``.
-        contract_dilation (bool): halve the dilation of a dilated stage's first block (mmseg).
-        pretrained (str, optional): mmseg-style checkpoint, converted to a Pretrained init_cfg.
-        **kwargs: everything else of mmpretrain's ``ResNet`` (out_indices, frozen_stages,
-            norm_eval, style, deep_stem, avg_down, strides, dilations, init_cfg, ...).
+        contract_dilation, pretrained, **kwargs: as
+            :class:`~mmmod.models.backbones.base.ResNetBase` (mmseg's dilation rule, mmseg's
+            ``pretrained``, everything of mmpretrain's ``ResNet``).
 
     State-dict names are ResNet's; only the shapes of the branch convs / norms and the
     shortcut shrink. :meth:`state_dict_from_full` slices a full-width (gated or plain) ResNet
@@ -124,59 +123,30 @@ class PrunedResNet(PrunedBackboneMixin, MoDBackboneMixin, ResNet):
         (1, 512, 2, 2)
     """
 
-    arch_settings = {
-        18: (PrunedBasicBlock, (2, 2, 2, 2)),
-        34: (PrunedBasicBlock, (3, 4, 6, 3)),
-        50: (PrunedBottleneck, (3, 4, 6, 3)),
-        101: (PrunedBottleneck, (3, 4, 23, 3)),
-        152: (PrunedBottleneck, (3, 8, 36, 3)),
-    }
+    arch_settings = resnet_arch_settings(dict(basic=PrunedBasicBlock,
+                                              bottleneck=PrunedBottleneck))
 
     def __init__(self, depth: int, channel_cfg: Union[str, Mapping],
                  contract_dilation: bool = False, pretrained=None, **kwargs):
-        if depth not in self.arch_settings:
-            raise KeyError(f'invalid depth {depth!r} for {type(self).__name__}; choose from '
-                           f'{sorted(self.arch_settings)}')
+        num_stages = kwargs.get('num_stages', 4)
+        _, stage_blocks = self.arch_of(depth, num_stages)
         cfg = load_channel_cfg(channel_cfg)
         if cfg.get('depth', depth) != depth:
             raise ValueError(f'channel_cfg was exported from a depth-{cfg["depth"]} network, '
                              f'but {type(self).__name__} has depth={depth}')
-        self._kept = cfg['blocks']
-        num_stages = kwargs.get('num_stages', 4)
-        check_block_names(self._kept, (
-            f'layer{s + 1}.{b}' for s, n in enumerate(self.arch_settings[depth][1][:num_stages])
-            for b in range(n)), f'a depth-{depth} ResNet with {num_stages} stages')
-        self.contract_dilation = contract_dilation
-        if pretrained is not None:
-            kwargs['init_cfg'] = pretrained_to_init_cfg(pretrained, kwargs.get('init_cfg'))
-        self.input_channels = kwargs.get('in_channels', 3)
-        super().__init__(depth=depth, **kwargs)
+        check_block_names(cfg['blocks'], (self.block_name(s, b) for s, n in
+                                          enumerate(stage_blocks) for b in range(n)),
+                          f'a depth-{depth} ResNet with {num_stages} stages')
         self.channel_cfg = cfg
+        super().__init__(depth, contract_dilation, pretrained, **kwargs)
 
-    def make_res_layer(self, block, num_blocks, in_channels, out_channels, expansion, stride=1,
-                       dilation=1, avg_down=False, drop_path_rate=0.0, **kwargs):
-        """One stage; block 0 (stride, projection shortcut) is built by upstream's ResLayer."""
-        stage = len(self.res_layers)  # ResNet.__init__ appends each stage after building it
-        names = [f'layer{stage + 1}.{i}' for i in range(num_blocks)]
-        dpr = (list(drop_path_rate) if isinstance(drop_path_rate, (list, tuple))
-               else [drop_path_rate] * num_blocks)
-        first_dilation = dilation // 2 if self.contract_dilation and dilation > 1 else dilation
-        blocks = [ResLayer(block, 1, in_channels, out_channels, expansion=expansion,
-                           stride=stride, avg_down=avg_down, dilation=first_dilation,
-                           drop_path_rate=dpr[:1], kept=self._kept[names[0]], name=names[0],
-                           **kwargs)[0]]
-        for i in range(1, num_blocks):
-            blocks.append(block(in_channels=out_channels, out_channels=out_channels,
-                                expansion=expansion, stride=1, dilation=dilation,
-                                drop_path_rate=dpr[i], kept=self._kept[names[i]],
-                                name=names[i], **kwargs))
-        return nn.Sequential(*blocks)
+    def make_block(self, stage: int, index: int, block: type, **kwargs) -> nn.Module:
+        """A pruned block keeping its ``channel_cfg`` channels."""
+        name = self.block_name(stage, index)
+        return block(kept=self.channel_cfg['blocks'][name], name=name, **kwargs)
 
 
 @MODELS.register_module()
-class PrunedResNetV1c(PrunedResNet):
+class PrunedResNetV1c(V1cStem, PrunedResNet):
     """PrunedResNet with the V1c deep stem (three 3x3 convs): the export of a GatedResNetV1c,
     the mmseg backbone."""
-
-    def __init__(self, **kwargs):
-        super().__init__(deep_stem=True, avg_down=False, **kwargs)

@@ -13,11 +13,12 @@ import torch  # noqa: F401  (used by the doctest examples)
 import torch.nn as nn
 from mmcv.cnn import ConvModule
 from mmengine.model.weight_init import constant_init
-from mmpretrain.models.backbones.resnet import BasicBlock, Bottleneck, ResLayer, ResNet
+from mmpretrain.models.backbones.resnet import BasicBlock, Bottleneck
 
 from mmmod.registry import MODELS
 from ..layers import MoDBlock, num_selected_channels
-from ._mod_utils import MoDBackboneMixin, mod_block_masks, pretrained_to_init_cfg
+from ._mod_utils import mod_block_masks
+from .base import MOD_DEPTHS, ResNetBase, V1cStem, resnet_arch_settings
 
 
 def mod_branch(block: type, k: int, dilation: int = 1, expansion: int = 4, conv_cfg=None,
@@ -43,7 +44,7 @@ def mod_branch(block: type, k: int, dilation: int = 1, expansion: int = 4, conv_
 
 
 @MODELS.register_module()
-class ResNetMoD(MoDBackboneMixin, ResNet):
+class ResNetMoD(ResNetBase):
     """ResNet-MoD backbone.
 
     Args:
@@ -56,13 +57,9 @@ class ResNetMoD(MoDBackboneMixin, ResNet):
         fusion (str): ``'first'`` (default), ``'last'`` (MoD-lk) or ``'original'``.
         selection (str): ``'topk'`` (default) or ``'random'`` (MoD rand.).
         selector_reduction (int): r of the Channel Selector, hidden = C // r. Default 16.
-        contract_dilation (bool): as mmseg's ResNet: halve the dilation of the first block of a
-            dilated stage. Default False.
-        pretrained (str, optional): mmseg-style checkpoint, converted to a Pretrained init_cfg.
-        **kwargs: everything else of mmpretrain's ``ResNet`` (in_channels, stem_channels,
-            base_channels, num_stages, strides, dilations, out_indices, style, deep_stem,
-            avg_down, frozen_stages, conv_cfg, norm_cfg, norm_eval, with_cp,
-            zero_init_residual, init_cfg, drop_path_rate).
+        contract_dilation, pretrained, **kwargs: as
+            :class:`~mmmod.models.backbones.base.ResNetBase` (mmseg's dilation rule, mmseg's
+            ``pretrained``, everything of mmpretrain's ``ResNet``).
 
     Shapes:
         x: (N, in_channels, H, W) -> tuple of (N, C_i, H / s_i, W / s_i) for i in out_indices.
@@ -78,17 +75,8 @@ class ResNetMoD(MoDBackboneMixin, ResNet):
     """
 
     # depth: (block, blocks per stage) -- appendix Table 5 of the CNN-MoD paper
-    arch_settings = {
-        18: (BasicBlock, (2, 2, 2, 2)),
-        26: (BasicBlock, (2, 2, 3, 4)),
-        34: (BasicBlock, (3, 4, 6, 3)),
-        42: (BasicBlock, (3, 3, 6, 6)),
-        50: (Bottleneck, (3, 4, 6, 3)),
-        75: (Bottleneck, (3, 4, 14, 3)),
-        86: (Bottleneck, (3, 4, 18, 3)),
-        101: (Bottleneck, (3, 4, 23, 3)),
-        152: (Bottleneck, (3, 8, 36, 3)),
-    }
+    arch_settings = resnet_arch_settings(dict(basic=BasicBlock, bottleneck=Bottleneck),
+                                         MOD_DEPTHS)
 
     def __init__(self,
                  depth: int,
@@ -100,52 +88,26 @@ class ResNetMoD(MoDBackboneMixin, ResNet):
                  contract_dilation: bool = False,
                  pretrained=None,
                  **kwargs):
-        if depth not in self.arch_settings:
-            raise KeyError(f'invalid depth {depth!r} for {type(self).__name__}; choose from '
-                           f'{sorted(self.arch_settings)}')
+        _, stage_blocks = self.arch_of(depth, kwargs.get('num_stages', 4))
         num_selected_channels(1, mod_c)  # validates c before anything is built
-        num_stages = kwargs.get('num_stages', 4)
-        # Read by make_res_layer, which ResNet.__init__ calls once per stage.
-        self._mod_masks = mod_block_masks(self.arch_settings[depth][1][:num_stages], mod_pattern)
-        self._mod_cfg = dict(mod_c=mod_c, fusion=fusion, selection=selection,
+        # Read by make_block, which ResNet.__init__ reaches once per block.
+        self._mod_masks = mod_block_masks(stage_blocks, mod_pattern)
+        self._mod_cfg = dict(fusion=fusion, selection=selection,
                              selector_reduction=selector_reduction)
-        self.contract_dilation = contract_dilation
-        if pretrained is not None:
-            kwargs['init_cfg'] = pretrained_to_init_cfg(pretrained, kwargs.get('init_cfg'))
-        self.input_channels = kwargs.get('in_channels', 3)
-        super().__init__(depth=depth, **kwargs)
         self.mod_c = mod_c
         self.mod_pattern = mod_pattern
+        super().__init__(depth, contract_dilation, pretrained, **kwargs)
 
-    def make_res_layer(self, block, num_blocks, in_channels, out_channels, expansion, stride=1,
-                       dilation=1, avg_down=False, drop_path_rate=0.0,
-                       **kwargs) -> nn.Sequential:
-        """One stage: upstream's block 0 (stride, projection), then standard or MoD blocks."""
-        stage = len(self.res_layers)  # ResNet.__init__ appends each stage after building it
-        mask = self._mod_masks[stage]
-        dpr = (drop_path_rate if isinstance(drop_path_rate, (list, tuple))
-               else [drop_path_rate] * num_blocks)
-        first_dilation = dilation // 2 if self.contract_dilation and dilation > 1 else dilation
-        # Block 0 through upstream's ResLayer, so its downsample (incl. avg_down) is upstream's.
-        first = ResLayer(block, 1, in_channels, out_channels, expansion=expansion, stride=stride,
-                         avg_down=avg_down, dilation=first_dilation, drop_path_rate=dpr[:1],
-                         **kwargs)[0]
-        blocks = [first]
-        for i in range(1, num_blocks):
-            if mask[i]:
-                k = num_selected_channels(out_channels, self._mod_cfg['mod_c'])
-                branch = mod_branch(block, k, dilation, expansion, kwargs.get('conv_cfg'),
-                                    kwargs.get('norm_cfg', dict(type='BN')))
-                blocks.append(MoDBlock(
-                    out_channels, k, branch, fusion=self._mod_cfg['fusion'],
-                    selection=self._mod_cfg['selection'],
-                    selector_reduction=self._mod_cfg['selector_reduction'],
-                    drop_path_rate=dpr[i]))
-            else:
-                blocks.append(block(in_channels=out_channels, out_channels=out_channels,
-                                    expansion=expansion, stride=1, dilation=dilation,
-                                    drop_path_rate=dpr[i], **kwargs))
-        return nn.Sequential(*blocks)
+    def make_block(self, stage: int, index: int, block: type, **kwargs) -> nn.Module:
+        """Block ``index`` of ``stage``: a MoD block where the mask says so, else upstream's."""
+        if not self._mod_masks[stage][index]:
+            return block(**kwargs)
+        out_channels = kwargs['out_channels']
+        k = num_selected_channels(out_channels, self.mod_c)
+        branch = mod_branch(block, k, kwargs['dilation'], kwargs['expansion'],
+                            kwargs.get('conv_cfg'), kwargs.get('norm_cfg', dict(type='BN')))
+        return MoDBlock(out_channels, k, branch, drop_path_rate=kwargs['drop_path_rate'],
+                        **self._mod_cfg)
 
     def init_weights(self):
         super().init_weights()
@@ -158,8 +120,5 @@ class ResNetMoD(MoDBackboneMixin, ResNet):
 
 
 @MODELS.register_module()
-class ResNetV1cMoD(ResNetMoD):
+class ResNetV1cMoD(V1cStem, ResNetMoD):
     """ResNetMoD with the V1c deep stem (three 3x3 convs), the mmseg FCN backbone."""
-
-    def __init__(self, **kwargs):
-        super().__init__(deep_stem=True, avg_down=False, **kwargs)

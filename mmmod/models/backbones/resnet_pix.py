@@ -28,12 +28,12 @@ Everything else is mmpretrain's ResNet: stem, shortcut, state-dict names of the 
 import torch
 import torch.nn as nn
 from mmcv.cnn import build_conv_layer, build_norm_layer
-from mmpretrain.models.backbones.resnet import Bottleneck, ResLayer, ResNet
+from mmpretrain.models.backbones.resnet import Bottleneck
 
 from mmmod.registry import MODELS
 from ..layers.channel_structure import forward_block, structure_of
 from ..layers.pix import PiX, _check_pix_args
-from ._mod_utils import MoDBackboneMixin, pretrained_to_init_cfg
+from .base import ResNetBase, V1cStem, resnet_arch_settings
 
 
 class PiXBottleneck(Bottleneck):
@@ -96,7 +96,7 @@ class PiXBottleneck(Bottleneck):
 
 
 @MODELS.register_module()
-class ResNetPiX(MoDBackboneMixin, ResNet):
+class ResNetPiX(ResNetBase):
     """ResNet-PiX backbone (ResNet-50/101/152 with PiX channel squeezing).
 
     Args:
@@ -106,13 +106,9 @@ class ResNetPiX(MoDBackboneMixin, ResNet):
             (Table 1 E3).
         tau (float): PiX threshold in (0, 1). Default 0.5.
         mode (str): ``'pix'`` (default), ``'avg'`` or ``'max'`` (Table 1's PiX(Avg), PiX(Max)).
-        contract_dilation (bool): as mmseg's ResNet: halve the dilation of the first block of a
-            dilated stage. Default False.
-        pretrained (str, optional): mmseg-style checkpoint, converted to a Pretrained init_cfg.
-        **kwargs: everything else of mmpretrain's ``ResNet`` (in_channels, stem_channels,
-            base_channels, num_stages, strides, dilations, out_indices, style, deep_stem,
-            avg_down, frozen_stages, conv_cfg, norm_cfg, norm_eval, with_cp,
-            zero_init_residual, init_cfg, drop_path_rate).
+        contract_dilation, pretrained, **kwargs: as
+            :class:`~mmmod.models.backbones.base.ResNetBase` (mmseg's dilation rule, mmseg's
+            ``pretrained``, everything of mmpretrain's ``ResNet``).
 
     Shapes:
         x: (N, in_channels, H, W) -> tuple of (N, C_i, H / s_i, W / s_i) for i in out_indices.
@@ -129,12 +125,8 @@ class ResNetPiX(MoDBackboneMixin, ResNet):
         [1, 2, 4]
     """
 
-    # depth: (block, blocks per stage) -- as mmpretrain's ResNet
-    arch_settings = {
-        50: (PiXBottleneck, (3, 4, 6, 3)),
-        101: (PiXBottleneck, (3, 4, 23, 3)),
-        152: (PiXBottleneck, (3, 8, 36, 3)),
-    }
+    # the bottleneck depths of mmpretrain's ResNet
+    arch_settings = resnet_arch_settings(dict(bottleneck=PiXBottleneck), (50, 101, 152))
 
     def __init__(self,
                  depth: int,
@@ -144,44 +136,18 @@ class ResNetPiX(MoDBackboneMixin, ResNet):
                  contract_dilation: bool = False,
                  pretrained=None,
                  **kwargs):
-        if depth not in self.arch_settings:
-            raise KeyError(f'invalid depth {depth!r} for {type(self).__name__}; choose from '
-                           f'{sorted(self.arch_settings)}')
+        self.arch_of(depth)
         _check_pix_args(zeta, tau, mode)
-        # Read by make_res_layer, which ResNet.__init__ calls once per stage.
-        self._pix_cfg = dict(zeta_multiplier=zeta, tau=tau, mode=mode)
-        self.contract_dilation = contract_dilation
-        if pretrained is not None:
-            kwargs['init_cfg'] = pretrained_to_init_cfg(pretrained, kwargs.get('init_cfg'))
-        self.input_channels = kwargs.get('in_channels', 3)
-        super().__init__(depth=depth, **kwargs)
         self.zeta = zeta
         self.tau = tau
         self.mode = mode
+        super().__init__(depth, contract_dilation, pretrained, **kwargs)
 
-    def make_res_layer(self, num_blocks, in_channels, out_channels, stride=1, dilation=1,
-                       drop_path_rate=0.0, **kwargs) -> nn.Sequential:
-        """One stage of PiX bottlenecks; block 0 carries the stride, the projection and, with
-        ``contract_dilation``, half the dilation."""
-        dpr = (drop_path_rate if isinstance(drop_path_rate, (list, tuple))
-               else [drop_path_rate] * num_blocks)
-        first_dilation = dilation // 2 if self.contract_dilation and dilation > 1 else dilation
-        kwargs.update(self._pix_cfg)
-        # Upstream's ResLayer builds the downsample (incl. avg_down) and passes the rest on.
-        first = ResLayer(num_blocks=1, in_channels=in_channels, out_channels=out_channels,
-                         stride=stride, dilation=first_dilation, drop_path_rate=dpr[:1],
-                         **kwargs)
-        if num_blocks == 1:
-            return nn.Sequential(*first)
-        rest = ResLayer(num_blocks=num_blocks - 1, in_channels=out_channels,
-                        out_channels=out_channels, stride=1, dilation=dilation,
-                        drop_path_rate=list(dpr[1:]), **kwargs)
-        return nn.Sequential(*first, *rest)
+    def make_block(self, stage: int, index: int, block: type, **kwargs) -> nn.Module:
+        """A PiX bottleneck with the global multiplier, threshold and mode."""
+        return block(zeta_multiplier=self.zeta, tau=self.tau, mode=self.mode, **kwargs)
 
 
 @MODELS.register_module()
-class ResNetV1cPiX(ResNetPiX):
+class ResNetV1cPiX(V1cStem, ResNetPiX):
     """ResNetPiX with the V1c deep stem (three 3x3 convs), the mmseg FCN backbone."""
-
-    def __init__(self, **kwargs):
-        super().__init__(deep_stem=True, avg_down=False, **kwargs)
