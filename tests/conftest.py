@@ -1,7 +1,36 @@
-"""Small datasets in the real on-disk formats, each written once per test session."""
+"""Shared test helpers: small datasets in the real on-disk formats, each written once per test
+session, and random norm statistics."""
 import pytest
+import torch
+import torch.nn as nn
 
 from mmmod.datasets import make_cityscapes, make_imagenet, make_voc
+
+
+def randomize_norm_stats(model: nn.Module, generator: torch.Generator) -> nn.Module:
+    """Random affine parameters and running statistics for every ``BatchNorm2d`` of ``model``
+    (weight, bias, mean ~ N(0, 1), var ~ U(0.5, 1.5)), so that a wrong channel, a missed norm
+    or a folding error shows in the outputs. Draws from ``generator`` in module order, four
+    tensors per norm in that order, so a seeded caller gets the same numbers every time (the
+    golden fixtures of test_channel_structure.py depend on it) and can go on drawing from it.
+    """
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.weight.copy_(torch.randn(module.weight.shape, generator=generator))
+                module.bias.copy_(torch.randn(module.bias.shape, generator=generator))
+                module.running_mean.copy_(
+                    torch.randn(module.running_mean.shape, generator=generator))
+                module.running_var.copy_(
+                    torch.rand(module.running_var.shape, generator=generator) + .5)
+    return model
+
+
+@pytest.fixture(scope='session')
+def randomize_norms():
+    """:func:`randomize_norm_stats` (tests run with ``--import-mode=importlib``, where
+    ``from conftest import ...`` is not reliable: a fixture hands the function over)."""
+    return randomize_norm_stats
 
 
 def pytest_configure(config):

@@ -15,20 +15,19 @@ from mmmod.models.backbones import (GatedMobileNetV2, GatedResNet, PrunedMobileN
 from mmmod.models.layers.gumbel_gate import iter_gated_blocks
 
 
-def randomize(model: nn.Module, seed: int) -> None:
-    """Random BN affine + running statistics and random gate logits (about half the learned
-    gates off), so that zeroed groups and shifted BN outputs show in the outputs."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.weight.copy_(torch.randn(module.weight.shape, generator=g))
-                module.bias.copy_(torch.randn(module.bias.shape, generator=g))
-                module.running_mean.copy_(torch.randn(module.running_mean.shape, generator=g))
-                module.running_var.copy_(torch.rand(module.running_var.shape, generator=g) + .5)
-        for _, block in iter_gated_blocks(model):
-            if block.gate is not None and hasattr(block.gate, 'logits'):
-                block.gate.logits.copy_(torch.randn(block.gate.logits.shape, generator=g))
+@pytest.fixture(scope='module')
+def randomize(randomize_norms):
+    """``randomize(model, seed)``: random BN affine + running statistics (tests/conftest.py)
+    and random gate logits (about half the learned gates off), so that zeroed groups and
+    shifted BN outputs show in the outputs."""
+    def randomize(model: nn.Module, seed: int) -> None:
+        g = torch.Generator().manual_seed(seed)
+        randomize_norms(model, g)
+        with torch.no_grad():
+            for _, block in iter_gated_blocks(model):
+                if block.gate is not None and hasattr(block.gate, 'logits'):
+                    block.gate.logits.copy_(torch.randn(block.gate.logits.shape, generator=g))
+    return randomize
 
 
 def set_position(block, pos: str, on: bool) -> None:
@@ -62,15 +61,20 @@ CASES = {
 }
 
 
-def build_gated(cfg, forced, seed):
-    from mmmod.registry import MODELS
-    gated = MODELS.build(dict(cfg, gate_type='independent', out_indices=(0, 1, 2, 3)))
-    randomize(gated, seed)
-    blocks = dict(iter_gated_blocks(gated))
-    for name, positions in forced.items():
-        for pos, on in positions.items():
-            set_position(blocks[name], pos, on)
-    return gated.eval()
+@pytest.fixture(scope='module')
+def build_gated(randomize):
+    """``build_gated(cfg, forced, seed)``: a randomized independent-gate model, in eval mode,
+    with the ``forced`` positions' gates all on / off."""
+    def build_gated(cfg, forced, seed):
+        from mmmod.registry import MODELS
+        gated = MODELS.build(dict(cfg, gate_type='independent', out_indices=(0, 1, 2, 3)))
+        randomize(gated, seed)
+        blocks = dict(iter_gated_blocks(gated))
+        for name, positions in forced.items():
+            for pos, on in positions.items():
+                set_position(blocks[name], pos, on)
+        return gated.eval()
+    return build_gated
 
 
 # several seeds for the plain ResNet-18 / -50, one for the stem / stride / dilation variants
@@ -79,7 +83,7 @@ SEEDED = [(c, s) for c in ('r18', 'r50') for s in (0, 1, 2)] + \
 
 
 @pytest.mark.parametrize('case, seed', SEEDED, ids=[f'{c}-seed{s}' for c, s in SEEDED])
-def test_pruned_equals_thresholded_gated(case, seed):
+def test_pruned_equals_thresholded_gated(build_gated, case, seed):
     cfg, forced, size = CASES[case]
     gated = build_gated(cfg, forced, seed)
     pruned, channels = prune_model(gated, dict(cfg, out_indices=(0, 1, 2, 3)))
@@ -121,7 +125,7 @@ def _block_macs(model, x):
 
 
 @pytest.mark.parametrize('depth', [18, 50])
-def test_pruned_costs_what_the_gates_count(depth):
+def test_pruned_costs_what_the_gates_count(build_gated, depth):
     """The pruned blocks' conv MACs are the thresholded gated blocks' expected MACs (G1's
     ``gate_stats['gated_gflops']``), and the state-dict names are ResNet's."""
     gated = build_gated(dict(type='GatedResNet', depth=depth), {}, seed=3)
@@ -134,7 +138,7 @@ def test_pruned_costs_what_the_gates_count(depth):
     assert set(pruned.state_dict()) == set(ResNet(depth=depth).state_dict())
 
 
-def test_state_dict_from_full_also_slices_a_plain_resnet():
+def test_state_dict_from_full_also_slices_a_plain_resnet(build_gated):
     gated = build_gated(dict(type='GatedResNet', depth=18), {}, seed=0)
     channels = gated_channel_cfg(gated)
     plain = ResNet(depth=18)  # upstream eval() returns None: no chaining
@@ -145,7 +149,7 @@ def test_state_dict_from_full_also_slices_a_plain_resnet():
     assert torch.equal(pruned.layer1[0].conv1.weight, w)
 
 
-def test_backbone_contract():
+def test_backbone_contract(build_gated):
     channels = gated_channel_cfg(build_gated(dict(type='GatedResNet', depth=50), {}, 0))
     model = PrunedResNet(depth=50, channel_cfg=channels, frozen_stages=1, norm_eval=True,
                          out_indices=(1, 3))
@@ -158,7 +162,7 @@ def test_backbone_contract():
     assert [tuple(o.shape) for o in outs] == [(1, 512, 8, 8), (1, 2048, 2, 2)]
 
 
-def test_channel_json_round_trip(tmp_path):
+def test_channel_json_round_trip(build_gated, tmp_path):
     gated = build_gated(dict(type='GatedResNet', depth=18), {}, 0)
     channels = gated_channel_cfg(gated)
     path = tmp_path / 'x_channels.json'
@@ -170,7 +174,7 @@ def test_channel_json_round_trip(tmp_path):
 
 
 @pytest.fixture(scope='module')
-def r18_channels():
+def r18_channels(build_gated):
     return gated_channel_cfg(build_gated(dict(type='GatedResNet', depth=18), {}, 0))
 
 
@@ -218,7 +222,7 @@ def test_dependent_gates_cannot_be_exported():
         gated_channel_cfg(ResNet(depth=18))
 
 
-def test_export_pruned_writes_a_checkpoint_and_channels(tmp_path):
+def test_export_pruned_writes_a_checkpoint_and_channels(randomize, tmp_path):
     """export_pruned on a config + checkpoint: the written checkpoint, loaded into the model a
     config with ``type='PrunedResNet', channel_cfg=<json>`` builds, predicts as the gated
     model thresholded."""
@@ -263,7 +267,7 @@ MBV2_CLOSED = {'layer3.1': 'expand', 'layer3.2': 'input', 'layer4.1': 'output'}
 
 
 @pytest.mark.parametrize('seed', [0, 1])
-def test_pruned_mobilenet_v2_equals_thresholded_gated(seed):
+def test_pruned_mobilenet_v2_equals_thresholded_gated(randomize, seed):
     gated = GatedMobileNetV2(gate_type='independent', gate_loss=None, out_indices=(1, 3, 5, 7))
     randomize(gated, seed)
     blocks = dict(iter_gated_blocks(gated))

@@ -9,25 +9,24 @@ from mmmod.models.layers.active_channels import active_channel_forward, active_c
 from mmmod.models.layers.gumbel_gate import iter_gated_blocks
 
 
-def dependent_model(cls, seed, **kwargs):
-    """A dependent-gate model with random BN statistics and gate biases that switch about
-    half the gates off (the gate networks' weights stay random, so gates vary per image)."""
-    model = cls(gate_type='dependent', out_indices=(0, 1, 2, 3), **kwargs)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.weight.copy_(torch.randn(module.weight.shape, generator=g))
-                module.bias.copy_(torch.randn(module.bias.shape, generator=g))
-                module.running_mean.copy_(torch.randn(module.running_mean.shape, generator=g))
-                module.running_var.copy_(torch.rand(module.running_var.shape, generator=g) + .5)
-        for _, block in iter_gated_blocks(model):
-            if block.gate is not None:
-                bias = block.gate.fc2.bias.view(-1, 2)  # (G, 2) off, on
-                bias[:, 0] = 0
-                bias[:, 1] = torch.randn(bias.shape[0], generator=g)
-    model.eval()
-    return model
+@pytest.fixture(scope='module')
+def dependent_model(randomize_norms):
+    """``dependent_model(cls, seed, **kwargs)``: a dependent-gate model with random BN
+    statistics (tests/conftest.py) and gate biases that switch about half the gates off (the
+    gate networks' weights stay random, so gates vary per image)."""
+    def dependent_model(cls, seed, **kwargs):
+        model = cls(gate_type='dependent', out_indices=(0, 1, 2, 3), **kwargs)
+        g = torch.Generator().manual_seed(seed)
+        randomize_norms(model, g)
+        with torch.no_grad():
+            for _, block in iter_gated_blocks(model):
+                if block.gate is not None:
+                    bias = block.gate.fc2.bias.view(-1, 2)  # (G, 2) off, on
+                    bias[:, 0] = 0
+                    bias[:, 1] = torch.randn(bias.shape[0], generator=g)
+        model.eval()
+        return model
+    return dependent_model
 
 
 CASES = {
@@ -42,7 +41,7 @@ SEEDED = [('r18', 0), ('r18', 1), ('r50', 0), ('r50', 1), ('r50-v1c-dilated', 0)
 
 
 @pytest.mark.parametrize('case, seed', SEEDED, ids=[f'{c}-seed{s}' for c, s in SEEDED])
-def test_active_channels_equal_masking(case, seed):
+def test_active_channels_equal_masking(dependent_model, case, seed):
     cls, kwargs = CASES[case]
     model = dependent_model(cls, seed, **kwargs)
     x = torch.randn(1, 3, 48, 48, generator=torch.Generator().manual_seed(seed))
@@ -65,7 +64,7 @@ def test_active_channels_equal_masking(case, seed):
     assert all('forward' not in vars(b) for _, b in iter_gated_blocks(model))
 
 
-def test_single_block_function_and_errors():
+def test_single_block_function_and_errors(dependent_model):
     model = dependent_model(GatedResNet, 0, depth=18)
     block = model.layer2[0]
     x = torch.randn(1, 64, 16, 16)
@@ -83,7 +82,7 @@ def test_single_block_function_and_errors():
             pass
 
 
-def test_context_restores_forward_after_an_error():
+def test_context_restores_forward_after_an_error(dependent_model):
     model = dependent_model(GatedResNet, 0, depth=18)
     with pytest.raises(ValueError, match='one image'):
         with active_channel_inference(model):
@@ -97,7 +96,7 @@ MBV2_CLOSED = {'layer3.1': 'expand', 'layer3.2': 'input', 'layer4.1': 'output'}
 
 
 @pytest.mark.parametrize('seed', [0, 1])
-def test_active_channels_equal_masking_mobilenet_v2(seed):
+def test_active_channels_equal_masking_mobilenet_v2(dependent_model, seed):
     model = dependent_model(GatedMobileNetV2, seed, gate_loss=None)
     blocks = dict(iter_gated_blocks(model))
     with torch.no_grad():

@@ -31,24 +31,27 @@ FIXTURE = osp.join(DATA, 'channel_structure_v1.pth')
 KEYS_FIXTURE = osp.join(DATA, 'channel_structure_v1_keys.json')
 
 
-def randomize(model: nn.Module, seed: int) -> nn.Module:
-    """Random BN affine + statistics and gate logits / biases (about half the gates off)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.weight.copy_(torch.randn(module.weight.shape, generator=g))
-                module.bias.copy_(torch.randn(module.bias.shape, generator=g))
-                module.running_mean.copy_(torch.randn(module.running_mean.shape, generator=g))
-                module.running_var.copy_(torch.rand(module.running_var.shape, generator=g) + .5)
-        for _, block in iter_gated_blocks(model):
-            if block.gate is None:
-                continue
-            logits = block.gate.logits if hasattr(block.gate, 'logits') else \
-                block.gate.fc2.bias.view(-1, 2)  # (G, 2) off, on
-            logits[:, 0] = 0
-            logits[:, 1] = torch.randn(logits.shape[0], generator=g)
-    return model
+def make_randomize(randomize_norms):
+    """``randomize(model, seed)``: random BN affine + statistics (``randomize_norms``, the
+    shared helper of tests/conftest.py) and gate logits / biases (about half the gates off)."""
+    def randomize(model: nn.Module, seed: int) -> nn.Module:
+        g = torch.Generator().manual_seed(seed)
+        randomize_norms(model, g)
+        with torch.no_grad():
+            for _, block in iter_gated_blocks(model):
+                if block.gate is None:
+                    continue
+                logits = block.gate.logits if hasattr(block.gate, 'logits') else \
+                    block.gate.fc2.bias.view(-1, 2)  # (G, 2) off, on
+                logits[:, 0] = 0
+                logits[:, 1] = torch.randn(logits.shape[0], generator=g)
+        return model
+    return randomize
+
+
+@pytest.fixture(scope='module')
+def randomize(randomize_norms):
+    return make_randomize(randomize_norms)
 
 
 TINY_R = dict(stem_channels=8, base_channels=8, num_stages=2, strides=(1, 2), dilations=(1, 1),
@@ -91,7 +94,7 @@ def _pruned_irs():
                            for n, (i, o, s, t, k) in enumerate(blocks)))
 
 
-def tiny_cases():
+def tiny_cases(randomize):
     """name -> (module in eval mode, input); every module from its own seed."""
     cases = {}
     torch.manual_seed(0)
@@ -118,7 +121,7 @@ def tiny_cases():
     return {name: (module.eval(), shape) for name, (module, shape) in cases.items()}
 
 
-def full_size_models():
+def full_size_models(randomize):
     """The full-size models whose state-dict names and shapes are API."""
     torch.manual_seed(0)
     gated_r50 = randomize(GatedResNet(depth=50, gate_type='independent'), 0).eval()
@@ -163,9 +166,9 @@ def _cfg_digest(channel_cfg):
     return hashlib.sha256(json.dumps(channel_cfg, sort_keys=True).encode()).hexdigest()
 
 
-def write_fixtures():
+def write_fixtures(randomize):
     golden = {}
-    for name, (module, shape) in tiny_cases().items():
+    for name, (module, shape) in tiny_cases(randomize).items():
         # float16 weights, outputs computed from them: the fixture holds what it checks
         module.load_state_dict(_unpack(_pack(module.state_dict()), module.state_dict()))
         x = torch.randn(*shape, generator=torch.Generator().manual_seed(7))
@@ -173,7 +176,7 @@ def write_fixtures():
                             outputs=_outputs(module, x),
                             channel_cfg=getattr(module, 'channel_cfg', None))
     torch.save(golden, FIXTURE)
-    models = full_size_models()
+    models = full_size_models(randomize)
     keys = {name: {k: list(v.shape) for k, v in model.state_dict().items()}
             for name, model in models.items()}
     keys['pruned_channel_cfg_sha256'] = {name: _cfg_digest(model.channel_cfg)
@@ -191,10 +194,10 @@ def golden():
 @pytest.mark.parametrize('name', ['gated_r18_dependent', 'gated_r50_independent',
                                   'gated_inverted_residuals', 'pruned_r18', 'pruned_r50',
                                   'pruned_inverted_residuals', 'pix_r50'])
-def test_golden_state_dicts_load_and_compute_the_same(golden, name):
+def test_golden_state_dicts_load_and_compute_the_same(golden, randomize, name):
     """A state dict written before the substrate loads strictly into the module built today
     from the same seed, and gives the same eval outputs."""
-    module, _ = tiny_cases()[name]
+    module, _ = tiny_cases(randomize)[name]
     saved = golden[name]
     if saved['channel_cfg'] is not None:  # the export is what the old code exported
         assert module.channel_cfg == saved['channel_cfg']
@@ -209,13 +212,13 @@ def test_golden_state_dicts_load_and_compute_the_same(golden, name):
         assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5 * expected.abs().max())
 
 
-def test_full_size_state_dict_names_and_shapes_are_unchanged():
+def test_full_size_state_dict_names_and_shapes_are_unchanged(randomize):
     """Key -> shape of the full-size gated, pruned (exported) and PiX backbones, as listed in
     the JSON fixture written before the substrate; the exports' channel configs too (their
     SHA-256)."""
     with open(KEYS_FIXTURE) as f:
         expected = json.load(f)
-    models = full_size_models()
+    models = full_size_models(randomize)
     for name, model in models.items():
         assert {k: list(v.shape) for k, v in model.state_dict().items()} == expected[name], name
     for name, digest in expected['pruned_channel_cfg_sha256'].items():
@@ -223,4 +226,10 @@ def test_full_size_state_dict_names_and_shapes_are_unchanged():
 
 
 if __name__ == '__main__':
-    write_fixtures()
+    # outside pytest: the shared norm helper straight from tests/conftest.py
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        '_tests_conftest', osp.join(osp.dirname(osp.dirname(DATA)), 'conftest.py'))
+    conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conftest)
+    write_fixtures(make_randomize(conftest.randomize_norm_stats))
