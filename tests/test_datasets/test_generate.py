@@ -266,8 +266,18 @@ def test_same_seed_same_bytes(tmp_path, make):
 def test_cli_writes_dataset(tmp_path):
     out = subprocess.run(
         [sys.executable, osp.join('tools', 'misc', 'generate_data.py'), 'voc', str(tmp_path),
-         '--seed', '1'], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
+         '--seed', '1'], cwd=REPO_ROOT, capture_output=True, text=True, check=True,
+        timeout=30 * 60).stdout  # bounds a hang, not a slow run
     devkit = osp.join(str(tmp_path), 'VOCdevkit')
     assert repr(devkit) in out
     assert 'VOC2007/JPEGImages/: 6 files' in out  # 4 trainval + 2 test by default
+
+
+def test_cli_writes_svhn(tmp_path):
+    out = subprocess.run(
+        [sys.executable, osp.join('tools', 'misc', 'generate_data.py'), 'svhn', str(tmp_path)],
+        cwd=REPO_ROOT, capture_output=True, text=True, check=True, timeout=30 * 60).stdout
+    assert './: 3 files' in out
+    assert {p.name for p in tmp_path.iterdir()} == {f'{s}_32x32.mat'
+                                                    for s in ('train', 'test', 'extra')}
     assert osp.isfile(osp.join(devkit, 'VOC2007', 'ImageSets', 'Main', 'test.txt'))

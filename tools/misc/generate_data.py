@@ -3,6 +3,7 @@
     python tools/misc/generate_data.py imagenet data/imagenet
     python tools/misc/generate_data.py cityscapes data/cityscapes
     python tools/misc/generate_data.py voc data          # writes data/VOCdevkit
+    python tools/misc/generate_data.py svhn data/svhn    # train/test/extra_32x32.mat
 """
 import argparse
 import os
@@ -14,7 +15,7 @@ from mmmod.datasets.generate import GENERATORS
 def parse_args():
     parser = argparse.ArgumentParser(
         description='Write a small synthetic dataset in the layout the standard OpenMMLab '
-        'dataset class reads (ImageNet, CityscapesDataset, VOCDataset).')
+        'dataset class reads (ImageNet, CityscapesDataset, VOCDataset, SVHN).')
     parser.add_argument('dataset', choices=sorted(GENERATORS), help='dataset layout')
     parser.add_argument('out_dir', help='directory to write into (voc: writes OUT_DIR/VOCdevkit)')
     parser.add_argument('--seed', type=int, default=0, help='seed of the random content')
