@@ -3,10 +3,12 @@
 The C++ sources ship inside the package (``mmmod/ops/csrc``). Pick-or-Mix registers torch
 operators (``torch.ops.mmmod_pix``), so ``torch.jit.trace`` and mmengine's FLOP analyzer see the
 call. Both sources also define inference plans (``MoDBlock`` / ``PiX`` without autograd, one
-call per block), plain Python classes: cheaper to call, and never used under tracing. They are
-compiled once per torch version, CPU and checkout into ``~/.cache/mmmod/torch_extensions``
-(``MMMOD_CACHE`` moves it); torch's JIT loader recompiles when a source changes. Without a
-compiler (or with ``MMMOD_NO_CPP_OPS=1``) :func:`load_cpp_ops`
+call per block), plain Python classes: cheaper to call, and never used under tracing. A plan
+checks on each call that its module still holds the submodules, parameters and buffers it was
+built from (``csrc/module_watch.h``), so importing mmmod installs nothing process-wide. The
+sources are compiled once per torch version, CPU and checkout into
+``~/.cache/mmmod/torch_extensions`` (``MMMOD_CACHE`` moves it); torch's JIT loader recompiles
+when a source changes. Without a compiler (or with ``MMMOD_NO_CPP_OPS=1``) :func:`load_cpp_ops`
 warns once and returns False; the callers then run their pure-PyTorch implementations.
 """
 import hashlib
@@ -24,23 +26,6 @@ _LOADED: Dict[str, bool] = {}
 # with many arguments costs ~15 us.
 _PYTHON_MODULES = ('mod', 'pix')
 _MODULES: Dict[str, object] = {}
-
-
-# Counts every assignment of a module, parameter or buffer to any module (torch's global
-# registration hooks). Compiled inference plans hold references to a module's tensors and are
-# rebuilt when this changed; conversions (``.double()``, ``.to()``), which replace buffers
-# without registering them, reset the plan in the module's ``_apply``.
-GENERATION = [0]
-
-
-def _count_registration(*_):
-    GENERATION[0] += 1
-
-
-for _register in (torch.nn.modules.module.register_module_module_registration_hook,
-                  torch.nn.modules.module.register_module_parameter_registration_hook,
-                  torch.nn.modules.module.register_module_buffer_registration_hook):
-    _register(_count_registration)
 
 
 def _cpu_flags() -> str:

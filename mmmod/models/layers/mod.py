@@ -15,27 +15,28 @@ only path by which gradients reach the selector (Sec. 3.2). Fusion adds to the *
 'last' k channels and the 'original' positions are kept for the ablations. The graph is static:
 top-k, one gather and one strided add, whatever the input.
 
-Inference is engineered for speed while training stays exact:
+Two execution paths, one result (both tested against a plain per-sample reference):
 
-* without autograd and with frozen norms the whole block is one compiled call (a plan built
-  once per block, ``mmmod/ops/csrc/mod.cpp``): selector, top-k, gather by channel pointers,
-  the branch with its norms folded, the scaled fusion added into ``x`` in place;
-* without a compiler the same path runs on PyTorch ops: convs with the norms folded in
-  (cached, refreshed when a parameter changes), 1x1 convs as one ``addmm`` at batch 1, the
-  fusion in place;
-* top-k ties go to the lower channel index in every path (:func:`top_channels`).
+* :meth:`MoDBlock.forward` is the method as written above, and the path of training and export
+  (trace, ``torch.export``, ONNX); it also runs inference where the compiled plan does not
+  apply, and wherever mmmod's C++ operators cannot be built (``MMMOD_NO_CPP_OPS=1``);
+* without autograd, the block is one call of a compiled plan (``mmmod/ops/csrc/mod.cpp``, built
+  once per block): selector, top-k, gather by channel pointers, the branch with its norms folded
+  on the fly, the scaled fusion added into ``x`` in place. The plan checks on each call that the
+  block still holds the modules, parameters and buffers it was built from (a few pointer
+  compares, nothing installed process-wide) and is rebuilt when one was replaced.
+
+Top-k ties go to the lower channel index in both (:func:`top_channels`).
 """
 from contextlib import contextmanager
 from typing import Dict, List, Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from mmcv.cnn import ConvModule
 from mmcv.cnn.bricks import DropPath
 from mmengine.utils.dl_utils.parrots_wrapper import _BatchNorm
 
-from mmmod.ops import GENERATION as _GENERATION
 from mmmod.ops import cpp_module
 from .selector import ChannelScorer
 
@@ -88,169 +89,38 @@ def top_channels(scores: torch.Tensor, k: int):
     return values[:, :k], idx[:, :k]
 
 
-def _inplace_act(act: nn.Module):
-    """The in-place function of a ReLU / ReLU6 module (cheaper than a module call)."""
-    if type(act) is nn.ReLU:
-        return torch.relu_
-    if type(act) is nn.ReLU6:
-        return lambda t: t.clamp_(0.0, 6.0)
-    return act
-
-
-class _FoldedBranch:
-    """A branch of ``ConvModule`` s run as plain convs with their eval-mode BatchNorm folded in.
-
-    The folded weights are cached; the cache key holds the storage address and ``_version``
-    counter of every parameter and buffer involved (and the norms' eps), so ``load_state_dict``,
-    optimizer steps, in-place edits, replaced tensors and ``.to()`` conversions rebuild it on the
-    next call. For batch size 1, 1x1 stride-1 convs run as one ``addmm`` on (C, H*W) views,
-    which skips the convolution dispatch -- at MoD widths (k = 4..32 channels) that dispatch
-    costs more than the arithmetic.
-    """
-
-    def __init__(self, layers):
-        self.layers = list(layers)  # references to the branch's ConvModules, not copies
-        # (ConvModule, child name) of every conv and norm: a child replaced later (e.g. SyncBN
-        # reverted to BN) is noticed by identity. Module attribute lookups cost ~1 us each, so
-        # the children and their tensor slots are cached and re-bound only when one changes.
-        self.children = [(m, name) for m in self.layers for name in ('conv', m.norm_name)]
-        self.bound = None
-        self.key = None
-        self.plan = None
-        # oneDNN's depthwise conv costs ~40% less on channels_last input at MoD widths, so a
-        # branch with one (MobileNetV2's) keeps its batch-1 maps channels_last throughout.
-        self.channels_last = any(m.conv.groups > 1 for m in self.layers)
-        self.bind()
-
-    def bind(self) -> None:
-        """Follow replaced conv / norm children (cheap when nothing changed)."""
-        mods = [m._modules[name] for m, name in self.children]
-        if mods == self.bound:
-            return
-        self.bound, self.key = mods, None
-        self.norms = mods[1::2]
-        self.slots = []  # (dict, name) of every tensor the folded weights depend on
-        for conv, norm in zip(mods[0::2], mods[1::2]):
-            self.slots += [(conv._parameters, 'weight'), (conv._parameters, 'bias'),
-                           (norm._parameters, 'weight'), (norm._parameters, 'bias'),
-                           (norm._buffers, 'running_mean'), (norm._buffers, 'running_var')]
-        self.cpp_static = self._cpp_static()
-
-    def _cpp_static(self):
-        """The layers' geometry as arguments of ``mod_block_`` of ``mmmod/ops/csrc/mod.cpp``:
-        strides, paddings, dilations, groups, activations (None if a layer does not fit the
-        kernel: stride other than 1, non-square padding or dilation, other activations)."""
-        acts, geometry = [], []
-        for m in self.layers:
-            act = type(m.activate) if m.with_activation else None
-            if act not in _CPP_ACTS:
-                return None
-            acts.append(_CPP_ACTS[act])
-            conv = m.conv
-            values = (conv.stride, conv.padding, conv.dilation)
-            if any(not isinstance(v, tuple) or len(set(v)) != 1 for v in values) or \
-                    conv.stride[0] != 1:
-                return None
-            geometry.append([v[0] for v in values] + [conv.groups])
-        strides, paddings, dilations, groups = map(list, zip(*geometry))
-        return strides, paddings, dilations, groups, acts
-
-    def cpp_tensors(self):
-        """The tensors the C++ operator reads -- per layer conv weight, conv bias, norm weight,
-        norm bias, running mean and running var, looked up anew so replaced children and
-        parameters are followed -- and the norms' eps. The caller ran :meth:`bind`."""
-        return [d.get(name) for d, name in self.slots], [norm.eps for norm in self.norms]
-
-    def frozen(self) -> bool:
-        """Whether every norm uses running statistics, i.e. folding is exact."""
-        self.bind()
-        return not any(norm.training for norm in self.norms)
-
-    def _key(self):
-        key = [None if t is None else (t.data_ptr(), t._version)
-               for t in [d.get(name) for d, name in self.slots]]
-        key.append(tuple(norm.eps for norm in self.norms))
-        return key
-
-    def _build(self):
-        plan = []
-        with torch.no_grad():
-            for m in self.layers:
-                conv, bn = m.conv, m.norm
-                scale = (bn.running_var + bn.eps).rsqrt()
-                if bn.weight is not None:
-                    scale = scale * bn.weight
-                bias = -bn.running_mean * scale
-                if conv.bias is not None:
-                    bias = bias + conv.bias * scale
-                if bn.bias is not None:
-                    bias = bias + bn.bias
-                weight = (conv.weight * scale.reshape(-1, 1, 1, 1)).contiguous()
-                act = _inplace_act(m.activate) if m.with_activation else None
-                pointwise = (conv.kernel_size == (1, 1) and conv.stride == (1, 1)
-                             and conv.padding == (0, 0) and conv.groups == 1)
-                matrix = weight.flatten(1) if pointwise else None  # (out, in, 1, 1) -> (out, in)
-                plan.append((weight, bias, matrix, conv.stride, conv.padding,
-                             conv.dilation, conv.groups, act))
-        return plan
-
-    def refresh(self):
-        """Rebuild the folded weights if any tensor they depend on changed."""
-        key = self._key()
-        if key != self.key:
-            self.plan, self.key = self._build(), key
-
-    def __call__(self, xs: torch.Tensor) -> torch.Tensor:
-        """xs (N, k, H, W) -> (N, k', H', W'); the caller ran :meth:`refresh`."""
-        if xs.shape[0] != 1:
-            for weight, bias, _, stride, padding, dilation, groups, act in self.plan:
-                xs = F.conv2d(xs, weight, bias, stride, padding, dilation, groups)
-                xs = xs if act is None else act(xs)
-            return xs
-        for weight, bias, matrix, stride, padding, dilation, groups, act in self.plan:
-            if matrix is not None:
-                xs = _pointwise(xs, matrix, bias, self.channels_last)
-            else:
-                xs = F.conv2d(xs, weight, bias, stride, padding, dilation, groups)
-            xs = xs if act is None else act(xs)
-        return xs
-
-
-def _pointwise(x: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor,
-               channels_last: bool) -> torch.Tensor:
-    """A 1x1 conv of a batch-1 map as one ``addmm``, reading either memory layout.
-
-    x (1, C, H, W), contiguous or channels_last; matrix (C', C); bias (C',).
-    Returns (1, C', H, W), channels_last if ``channels_last`` else contiguous.
-    """
-    _, c, h, w = x.shape
-    if x.is_contiguous():
-        rows = x.view(c, h * w).t()  # (1, C, H, W) -> (HW, C), a transposed view
-    else:
-        rows = x.permute(0, 2, 3, 1).reshape(h * w, c)  # channels_last -> (HW, C), a view
-    if channels_last:
-        out = torch.addmm(bias, rows, matrix.t())  # (HW, C) @ (C, C') -> (HW, C')
-        return out.view(1, h, w, -1).permute(0, 3, 1, 2)  # (HW, C') -> (1, C', H, W) CL
-    out = torch.addmm(bias[:, None], matrix, rows.t())  # (C', C) @ (C, HW) -> (C', HW)
-    return out.view(1, -1, h, w)  # (C', HW) -> (1, C', H, W)
-
-
-# Activation codes and dtypes of mmmod/ops/csrc/mod.cpp.
+# Activation codes of mmmod/ops/csrc/mod.cpp.
 _CPP_ACTS = {None: 0, nn.ReLU: 1, nn.ReLU6: 2}
-_CPP_DTYPES = (torch.float32, torch.float64)
 
 
-def _has_hooks(m: nn.Module) -> bool:
-    """Whether calling ``m`` would run forward hooks (then the fast path calls the module)."""
-    return bool(m._forward_hooks or m._forward_pre_hooks)
+def _kernel_layer(m: nn.Module):
+    """One layer of a branch as mod.cpp's kernel takes it: a ConvModule computing
+    act(bn(conv2d(x))), stride 1, zero padding, with running statistics and plain tensors.
 
-
-def _foldable(m: nn.Module) -> bool:
-    """A ConvModule computing act(bn(conv2d(x))) with plain zero padding."""
-    return (isinstance(m, ConvModule) and type(m.conv) is nn.Conv2d and m.with_norm
-            and isinstance(m.norm, _BatchNorm) and m.norm.track_running_stats
-            and m.order == ('conv', 'norm', 'act') and not m.with_explicit_padding
-            and m.conv.padding_mode == 'zeros')
+    Returns:
+        tuple | None: ``(tensors, norm, (stride, padding, dilation, groups, act code))`` with
+        tensors = [conv weight, conv bias, norm weight, norm bias, running mean, running var]
+        (biases and affine parameters may be None); None if the kernel does not take it.
+    """
+    if not (isinstance(m, ConvModule) and type(m.conv) is nn.Conv2d and m.with_norm
+            and isinstance(m.norm, _BatchNorm) and m.order == ('conv', 'norm', 'act')
+            and not m.with_explicit_padding and m.conv.padding_mode == 'zeros'):
+        return None
+    conv, norm = m.conv, m.norm
+    act = type(m.activate) if m.with_activation else None
+    geometry = (conv.stride, conv.padding, conv.dilation)
+    if act not in _CPP_ACTS or conv.stride != (1, 1) or \
+            any(not isinstance(v, tuple) or len(set(v)) != 1 for v in geometry):
+        return None
+    tensors = [conv._parameters.get('weight'), conv._parameters.get('bias'),
+               norm._parameters.get('weight'), norm._parameters.get('bias'),
+               norm._buffers.get('running_mean'), norm._buffers.get('running_var')]
+    # a weight computed by a hook (pruning) is no parameter; eval without running statistics
+    # normalises with the batch's
+    if tensors[0] is None or tensors[4] is None or tensors[5] is None or \
+            any(t is not None and type(t) not in (torch.Tensor, nn.Parameter) for t in tensors):
+        return None
+    return tensors, norm, (1, conv.padding[0], conv.dilation[0], conv.groups, _CPP_ACTS[act])
 
 
 class MoDBlock(nn.Module):
@@ -261,8 +131,8 @@ class MoDBlock(nn.Module):
         k (int): number of processed channels, ``1 <= k <= C``
             (see :func:`~mmmod.models.layers.num_selected_channels`).
         branch (nn.Module): the slim conv branch, (N, k, H, W) -> (N, k, H, W), ending in a
-            norm layer (no activation). An ``nn.Sequential`` of mmcv ``ConvModule`` s gets the
-            folded-norm inference path.
+            norm layer (no activation). An ``nn.Sequential`` of mmcv ``ConvModule`` s (conv,
+            BatchNorm, optional ReLU / ReLU6, stride 1) runs as the compiled plan at inference.
         fusion (str): where processed channels are added: ``'first'`` k channels (the paper),
             ``'last'`` k channels (appendix "MoD-lk") or the ``'original'`` selected positions.
         selection (str): ``'topk'`` by the selector's scores (the paper) or ``'random'``
@@ -311,9 +181,7 @@ class MoDBlock(nn.Module):
         # where mod.cpp adds the k processed channels: a fixed start channel, or -1 = back to
         # the selected positions
         self._fusion_offset = dict(first=0, last=channels - k, original=-1)[fusion]
-        self._folded = (_FoldedBranch(branch) if isinstance(branch, nn.Sequential)
-                        and all(map(_foldable, branch)) else None)
-        self._plan = None  # (generation, compiled inference plan or None), built on first use
+        self._plan = None  # the compiled inference plan, built on first use without autograd
 
     def select(self, x: torch.Tensor):
         """Channel indices (N, k) and their scores (N, k) (None for random selection)."""
@@ -324,23 +192,25 @@ class MoDBlock(nn.Module):
         return idx, scores
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The MoD block (Sec. 3, Eq. 1): select k channels, run them through the branch,
+        scale them by their scores and add them to the fusion channels of x.
+
+        This is the training, export and reference path; without autograd the compiled plan
+        (:meth:`_run_plan`) runs instead wherever it applies, adding into ``x`` in place.
+
+        Args:
+            x (Tensor): (N, C, H, W).
+
+        Returns:
+            Tensor: (N, C, H, W).
+        """
         if x.dim() != 4 or x.shape[1] != self.channels:
             raise ValueError(f'MoDBlock expects (N, {self.channels}, H, W) input, '
                              f'got {tuple(x.shape)}')
-        if not torch.is_grad_enabled() and self._folded is not None:
-            plan = self._plan
-            if plan is None or plan[0] != _GENERATION[0]:
-                plan = self._plan = (_GENERATION[0], self._make_plan())
-            if plan[1] is not None:
-                out = plan[1](x, self.recorder)  # the whole block in one compiled call
-                if out is not None:
-                    return out
-        tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()
-        if (self._folded is not None and not torch.is_grad_enabled() and not tracing
-                and self._folded.frozen()
-                and (self.drop_path is None or not self.drop_path.training)):
-            return self._forward_folded(x)
-
+        if not torch.is_grad_enabled():
+            out = self._run_plan(x)
+            if out is not None:
+                return out
         idx, scores = self.select(x)  # (N, k), (N, k)
         if self.recorder is not None:
             self.recorder.append(idx.detach().cpu())
@@ -349,31 +219,51 @@ class MoDBlock(nn.Module):
         if self.drop_path is not None:
             y = self.drop_path(y)
         s = None if scores is None else scores[:, :, None, None]  # (N, k) -> (N, k, 1, 1)
-        # In place only when autograd will not need x and no tracer records the graph.
-        inplace = not ((torch.is_grad_enabled() and x.requires_grad) or tracing)
-        return self._fuse(x, y, s, idx, inplace)
+        return self._fuse(x, y, s, idx)
+
+    def _run_plan(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """The block by its compiled plan (``mmmod/ops/csrc/mod.cpp``): x (N, C, H, W) with the
+        block applied in place, or None where the plan does not apply and :meth:`forward` runs.
+
+        The plan decides that itself, in one place (``Plan::call``): it declines training-mode
+        norms, a training drop path, a hooked selector, tracing and inputs that are not
+        contiguous float CPU tensors of the weights' dtype. It answers False when a submodule,
+        parameter or buffer anywhere in the block was replaced since it was built; then it is
+        built again from the block as it is now.
+        """
+        plan = self._plan
+        out = False if plan is None else plan(x, self.recorder)
+        if out is False:
+            plan = self._plan = self._make_plan()
+            out = None if plan is None else plan(x, self.recorder)
+        return out
 
     def _make_plan(self):
-        """The compiled inference plan of ``mmmod/ops/csrc/mod.cpp`` (None without a compiler,
-        for random selection, or for a branch the kernel does not take). It is called with
-        ``(x, recorder)`` and returns None whenever the block must run as modules: training-mode
-        norms, a hooked selector, tracing, an input that is not a float CPU tensor."""
+        """A compiled inference plan of the block as it is now, or None (no compiler, random
+        selection: tried again on the next call, which costs a dict lookup)."""
         ops = cpp_module('mod')
-        folded = self._folded
-        folded.bind()
-        if ops is None or folded.cpp_static is None or self.selector is None:
+        selector = self.selector
+        if ops is None or selector is None:
             return None
-        tensors, _ = folded.cpp_tensors()
-        if not all(t is None or type(t) in (torch.Tensor, nn.Parameter) for t in tensors) or \
-                any(tensors[i] is None for i in range(0, len(tensors), 6)):
-            return None  # e.g. a pruned conv whose weight is computed by a hook
-        fc2 = self.selector.fc2
-        return ops.Plan(self.selector.fc1.weight, None if fc2 is None else fc2.weight, tensors,
-                        list(folded.norms), self.selector,
-                        self.drop_path, *folded.cpp_static, self._fusion_offset, self.k)
+        # the registration dicts of every module in the block: the plan runs only while they
+        # hold the objects it was built from
+        watched = [d for m in self.modules() for d in (m._modules, m._parameters, m._buffers)]
+        layers = ([_kernel_layer(m) for m in self.branch]
+                  if isinstance(self.branch, nn.Sequential) and len(self.branch) else [None])
+        fcs = [selector.fc1] + ([] if selector.fc2 is None else [selector.fc2])
+        if (None in layers or type(selector) is not ChannelScorer
+                or any(type(fc) is not nn.Linear or fc.bias is not None
+                       or type(fc.weight) is not nn.Parameter for fc in fcs)):
+            return ops.Plan(watched)  # only watches: a change may make the block fit
+        tensors = [t for layer in layers for t in layer[0]]
+        strides, paddings, dilations, groups, acts = map(list, zip(*(g for _, _, g in layers)))
+        return ops.Plan(watched, fcs[0].weight, None if len(fcs) == 1 else fcs[1].weight,
+                        tensors, [norm for _, norm, _ in layers], selector, self.drop_path,
+                        strides, paddings, dilations, groups, acts, self._fusion_offset, self.k)
 
     def _apply(self, fn, *args, **kwargs):
-        # conversions may replace buffers without registering them: rebuild the plan
+        # Conversions (.to(), .double(), .cuda()) replace buffers: the plan would notice and
+        # rebuild on its next call; dropping it now also frees the old tensors it holds.
         self._plan = None
         return super()._apply(fn, *args, **kwargs)
 
@@ -382,59 +272,16 @@ class MoDBlock(nn.Module):
         state['_plan'] = None  # a compiled object: not picklable, rebuilt on first use
         return state
 
-    def _forward_folded(self, x: torch.Tensor) -> torch.Tensor:
-        """Inference without autograd: the same result as :meth:`forward` with fewer launches.
-
-        Used where the compiled plan does not run (a hooked selector, random selection, no
-        compiler, a non-contiguous or half-precision input). With the compiled operator the
-        branch and fusion are still one call. Otherwise: norms folded into the branch convs
-        (cached), the selector as plain functions (no module calls), the fusion in place into
-        ``x``. At batch 1 a block's ~10 small ops
-        cost more in dispatch than in arithmetic; that is what MoD loses to its zero-cost
-        ceiling.
-        """
-        folded = self._folded  # frozen() has bound it to the current children
-        selector = self.selector
-        hooked = selector is not None and _has_hooks(selector)
-        ops = cpp_module('mod') if folded.cpp_static is not None else None
-        if ops is not None and x.is_cpu and x.dtype in _CPP_DTYPES and x.is_contiguous():
-            if selector is not None and not hooked:
-                idx, scores = x.new_empty((x.shape[0], self.k), dtype=torch.long), None
-                fc1 = selector.fc1.weight
-                fc2 = None if selector.fc2 is None else selector.fc2.weight
-            else:  # random channels, or a selector whose hooks must see its call
-                (idx, scores), fc1, fc2 = self.select(x), None, None
-            tensors, eps = folded.cpp_tensors()
-            ops.mod_block_(x, idx, scores, fc1, fc2, tensors, eps, *folded.cpp_static,
-                           self._fusion_offset)
-            if self.recorder is not None:
-                self.recorder.append(idx.cpu())
-            return x
-        folded.refresh()
-        if selector is not None and not hooked:
-            scores, idx = top_channels(selector.scores(x), self.k)  # (N, C) -> (N, k), (N, k)
-        else:
-            idx, scores = self.select(x)  # (N, k), (N, k)
-        if self.recorder is not None:
-            self.recorder.append(idx.cpu())
-        y = folded(gather_channels(x, idx))  # (N, k, H, W) -> (N, k, H, W)
-        s = None if scores is None else scores[:, :, None, None]  # (N, k) -> (N, k, 1, 1)
-        return self._fuse(x, y, s, idx, inplace=True)
-
-    def _fuse(self, x, y, s, idx, inplace: bool) -> torch.Tensor:
-        """x (N, C, H, W) + y * s (N, k, H, W) at the fusion positions."""
+    def _fuse(self, x, y, s, idx) -> torch.Tensor:
+        """x (N, C, H, W) + y * s (y (N, k, H, W), s (N, k, 1, 1) or None) at the fusion
+        positions, as a new tensor (autograd may need x)."""
         k = self.k
         if self.fusion == 'original':
-            n, _, h, w = x.shape
             y = y if s is None else y * s
-            index = idx[:, :, None, None].expand(n, k, h, w)  # (N, k) -> (N, k, H, W)
-            return x.scatter_add_(1, index, y) if inplace else x.scatter_add(1, index, y)
+            index = idx[:, :, None, None].expand_as(y)  # (N, k) -> (N, k, H, W)
+            return x.scatter_add(1, index, y)  # (N, C, H, W) += (N, k, H, W) at idx
         c = self.channels
         lo, hi = (0, k) if self.fusion == 'first' else (c - k, c)
-        if inplace:
-            part = x[:, lo:hi]  # a view: the add writes into x
-            part.add_(y) if s is None else part.addcmul_(y, s)
-            return x
         fused = x[:, lo:hi] + y if s is None else torch.addcmul(x[:, lo:hi], y, s)
         parts = (fused, x[:, hi:]) if lo == 0 else (x[:, :lo], fused)
         return torch.cat(parts, dim=1)  # (N, k, H, W) + (N, C-k, H, W) -> (N, C, H, W)

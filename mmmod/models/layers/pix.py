@@ -37,7 +37,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mmmod.ops import GENERATION
 from .selector import ChannelScorer
 
 PIX_MODES = ('pix', 'avg', 'max')
@@ -226,7 +225,7 @@ class PiX(nn.Module):
         self.out_channels = pix_groups(in_channels, zeta)
         # The sampling probability predictor phi: one FC without bias on the pooled input.
         self.scorer = ChannelScorer(in_channels, self.out_channels)
-        self._plan = None  # (generation, compiled inference plan or None), built on first use
+        self._plan = None  # the compiled inference plan, built on first use without autograd
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -236,28 +235,35 @@ class PiX(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.is_grad_enabled():
             plan = self._plan
-            if plan is None or plan[0] != GENERATION[0]:
-                plan = self._plan = (GENERATION[0], self._make_plan())
-            if plan[1] is not None:
-                y = plan[1](x)  # scorer and sampling in one compiled call
-                if y is not None:
-                    return y
+            # scorer and sampling in one compiled call; False: a submodule, parameter or buffer
+            # was replaced since the plan was built, None: run as modules
+            y = False if plan is None else plan(x)
+            if y is False:
+                plan = self._plan = self._make_plan()
+                y = None if plan is None else plan(x)
+            if y is not None:
+                return y
         p = self.scorer(x)  # (N, C, H, W) -> (N, G)
         return pick_or_mix(x, p, self.zeta, self.tau, self.mode)  # -> (N, G, H, W)
 
     def _make_plan(self):
         """The compiled inference plan of ``mmmod/ops/csrc/pix.cpp`` (None without a
-        compiler), called with x; it returns None where the module must run as usual (a
-        hooked scorer, tracing, an input that is not a plain float CPU tensor)."""
+        compiler, tried again on the next call), called with x; it returns None where the module
+        must run as usual (a hooked scorer, tracing, an input that is not a plain float CPU
+        tensor) and False once the module's submodules, parameters or buffers changed."""
         from mmmod.ops import cpp_module  # the same module as _fast_op_available's
         ops = cpp_module('pix')
         weight = self.scorer.fc1.weight
         if ops is None or self.scorer.fc2 is not None or type(weight) is not nn.Parameter:
             return None
-        return ops.PixPlan(weight, self.scorer, self.zeta, self.tau, _MODE_IDS[self.mode])
+        # the registration dicts of the module and its scorer: the plan runs only while they
+        # hold the objects it was built from
+        watched = [d for m in self.modules() for d in (m._modules, m._parameters, m._buffers)]
+        return ops.PixPlan(watched, weight, self.scorer, self.zeta, self.tau,
+                           _MODE_IDS[self.mode])
 
     def _apply(self, fn, *args, **kwargs):
-        self._plan = None  # conversions replace tensors the plan holds
+        self._plan = None  # conversions replace tensors: free the ones the plan holds now
         return super()._apply(fn, *args, **kwargs)
 
     def __getstate__(self):

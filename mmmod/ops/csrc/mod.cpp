@@ -1,7 +1,7 @@
 // CNN Mixture-of-Depths inference on CPU: one whole MoD block in one call, in place on x.
 //
 //     s = sigmoid(W2 relu(W1 mean_hw(x[n])))              the channel selector (no bias)
-//     idx, sc = top-k of s, in descending order           (or given: random / hooked selector)
+//     idx, sc = top-k of s, in descending order, ties to the lower channel
 //     y = branch(x[n, idx])                                conv -> BN (-> ReLU/ReLU6), BN folded
 //     x[n, dst(c)] += sc[c] * y[c]     for c < k           dst(c) = offset + c, or idx[c]
 //
@@ -18,6 +18,7 @@
 // to ~1e-7, as it already does between ATen's batch sizes and thread counts.
 #include <ATen/Parallel.h>
 #include <omp.h>
+#include <torch/csrc/autograd/python_variable.h>
 #include <torch/csrc/jit/frontend/tracer.h>
 #include <torch/extension.h>
 
@@ -31,6 +32,8 @@
 #include <limits>
 #include <memory>
 #include <vector>
+
+#include "module_watch.h"
 
 namespace {
 
@@ -279,7 +282,7 @@ void window_flat_items(const T* const* in, int64_t ld, const Layer<T>& l, const 
 template <typename T>
 struct Block {
   int64_t C, H, W, k, hidden, offset;
-  const T* fc1;  // (hidden, C) or null: indices given
+  const T* fc1;  // (hidden, C)
   const T* fc2;  // (C, hidden) or null: single FC
   std::vector<Layer<T>> layers;
 };
@@ -302,9 +305,9 @@ struct Scratch {
   explicit Scratch(const Block<T>& b) {
     const size_t L = b.layers.size();
     std::vector<int64_t> sizes;  // mean, hid, scores, then per layer: output, padded input
-    sizes.push_back(b.fc1 ? b.C : 0);
-    sizes.push_back(b.fc1 ? b.hidden : 0);
-    sizes.push_back(b.fc1 ? b.C : 0);
+    sizes.push_back(b.C);
+    sizes.push_back(b.hidden);
+    sizes.push_back(b.C);
     for (size_t li = 0; li < L; ++li) {
       const Layer<T>& l = b.layers[li];
       const bool fused = L > 1 && li + 1 == L;  // the last layer adds into x directly
@@ -336,53 +339,50 @@ struct Scratch {
 
 // One sample, run by thread `tid` of `nt`; `barrier` synchronises the nt threads.
 template <typename T>
-void run_sample(const Block<T>& b, Scratch<T>& s, T* x, int64_t* idx, const T* given_scores,
-                T* sel_scores, int tid, int nt, const std::function<void()>& barrier) {
+void run_sample(const Block<T>& b, Scratch<T>& s, T* x, int64_t* idx, T* sel_scores, int tid,
+                int nt, const std::function<void()>& barrier) {
   const int64_t C = b.C, HW = b.H * b.W, k = b.k;
-  if (b.fc1) {
-    // Selector: channel means -> FC -> ReLU -> FC -> sigmoid, rows split across threads.
-    auto [c0, c1] = split(C, tid, nt);
-    for (int64_t c = c0; c < c1; ++c) s.mean[c] = sum(x + c * HW, HW) / T(HW);
-    barrier();
-    auto [j0, j1] = split(b.hidden, tid, nt);
-    for (int64_t j = j0; j < j1; ++j) {
-      const T v = dot(b.fc1 + j * C, s.mean, C);
-      s.hid[j] = b.fc2 ? std::max(v, T(0)) : v;
-    }
-    barrier();
-    const T* hid = s.hid;
-    if (b.fc2) {
-      for (int64_t c = c0; c < c1; ++c) {
-        const T v = dot(b.fc2 + c * b.hidden, hid, b.hidden);
-        s.scores[c] = T(1) / (T(1) + std::exp(-v));
-      }
-    } else {
-      for (int64_t j = j0; j < j1; ++j) s.scores[j] = T(1) / (T(1) + std::exp(-hid[j]));
-    }
-    barrier();
-    if (tid == 0) {
-      // top-k in descending order, ties to the lower channel index (mmmod's top_channels),
-      // NaN ranking highest as in torch.sort: one pass keeping the best k so far in order.
-      // Channels come in index order, so an equal score never displaces a kept one.
-      const T* sc = s.scores;
-      T* best = sel_scores;  // (k,) kept scores, NaN as +inf until the end
-      int64_t kept = 0;
-      for (int64_t c = 0; c < C; ++c) {
-        const T v = std::isnan(sc[c]) ? std::numeric_limits<T>::infinity() : sc[c];
-        if (kept == k && !(v > best[k - 1])) continue;
-        int64_t pos = kept < k ? kept++ : k - 1;  // the slot it takes, then moves up
-        for (; pos > 0 && best[pos - 1] < v; --pos) {
-          best[pos] = best[pos - 1];
-          idx[pos] = idx[pos - 1];
-        }
-        best[pos] = v;
-        idx[pos] = c;
-      }
-      for (int64_t c = 0; c < k; ++c) sel_scores[c] = sc[idx[c]];
-    }
-    barrier();
-    given_scores = sel_scores;
+  // Selector: channel means -> FC -> ReLU -> FC -> sigmoid, rows split across threads.
+  auto [c0, c1] = split(C, tid, nt);
+  for (int64_t c = c0; c < c1; ++c) s.mean[c] = sum(x + c * HW, HW) / T(HW);
+  barrier();
+  auto [j0, j1] = split(b.hidden, tid, nt);
+  for (int64_t j = j0; j < j1; ++j) {
+    const T v = dot(b.fc1 + j * C, s.mean, C);
+    s.hid[j] = b.fc2 ? std::max(v, T(0)) : v;
   }
+  barrier();
+  const T* hid = s.hid;
+  if (b.fc2) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const T v = dot(b.fc2 + c * b.hidden, hid, b.hidden);
+      s.scores[c] = T(1) / (T(1) + std::exp(-v));
+    }
+  } else {
+    for (int64_t j = j0; j < j1; ++j) s.scores[j] = T(1) / (T(1) + std::exp(-hid[j]));
+  }
+  barrier();
+  if (tid == 0) {
+    // top-k in descending order, ties to the lower channel index (mmmod's top_channels),
+    // NaN ranking highest as in torch.sort: one pass keeping the best k so far in order.
+    // Channels come in index order, so an equal score never displaces a kept one.
+    const T* sc = s.scores;
+    T* best = sel_scores;  // (k,) kept scores, NaN as +inf until the end
+    int64_t kept = 0;
+    for (int64_t c = 0; c < C; ++c) {
+      const T v = std::isnan(sc[c]) ? std::numeric_limits<T>::infinity() : sc[c];
+      if (kept == k && !(v > best[k - 1])) continue;
+      int64_t pos = kept < k ? kept++ : k - 1;  // the slot it takes, then moves up
+      for (; pos > 0 && best[pos - 1] < v; --pos) {
+        best[pos] = best[pos - 1];
+        idx[pos] = idx[pos - 1];
+      }
+      best[pos] = v;
+      idx[pos] = c;
+    }
+    for (int64_t c = 0; c < k; ++c) sel_scores[c] = sc[idx[c]];
+  }
+  barrier();
   // The branch. The gather is pointers into x; a layer with a window gets zero-padded copies
   // of its input planes first. Layer by layer, work items split across threads.
   const size_t L = b.layers.size();
@@ -396,7 +396,7 @@ void run_sample(const Block<T>& b, Scratch<T>& s, T* x, int64_t* idx, const T* g
       outp[c] = fused ? x + (b.offset < 0 ? idx[c] : b.offset + c) * HW
                       : s.outs[li] + c * l.ho * l.wo;
     }
-    const Sink<T> sink{outp.data(), fused ? given_scores : nullptr, fused};
+    const Sink<T> sink{outp.data(), fused ? sel_scores : nullptr, fused};
     if (l.pointwise()) {
       constexpr int64_t kPix = 8 * Simd<T>::kLanes;  // as in pointwise_items
       auto [i0, i1] = split(l.cout * ((l.h * l.w + kPix - 1) / kPix), tid, nt);
@@ -440,8 +440,7 @@ void run_sample(const Block<T>& b, Scratch<T>& s, T* x, int64_t* idx, const T* g
     for (int64_t c = f0; c < f1; ++c) {
       T* dst = x + (b.offset < 0 ? idx[c] : b.offset + c) * HW;
       const T* y = s.out_planes[0][c];
-      const T sc = given_scores ? given_scores[c] : T(1);
-      for (int64_t q = 0; q < HW; ++q) dst[q] += sc * y[q];
+      for (int64_t q = 0; q < HW; ++q) dst[q] += sel_scores[c] * y[q];
     }
   }
 }
@@ -452,7 +451,7 @@ const T* vec(const c10::optional<at::Tensor>& t, int64_t n, const char* what) {
   if (!t.has_value() || !t->defined()) return nullptr;
   TORCH_CHECK(t->dim() == 1 && t->size(0) == n && t->is_contiguous() &&
                   t->scalar_type() == c10::CppTypeToScalarType<T>::value,
-              "mod_block_: ", what, " must be a contiguous (", n, ",) tensor of x's dtype");
+              "MoD plan: ", what, " must be a contiguous (", n, ",) tensor of x's dtype");
   return t->data_ptr<T>();
 }
 
@@ -466,7 +465,7 @@ void fold_norm(const std::vector<c10::optional<at::Tensor>>& params, size_t i, d
   const T* beta = vec<T>(params.at(6 * i + 3), cout, "norm bias");
   const T* mean = vec<T>(params.at(6 * i + 4), cout, "running mean");
   const T* var = vec<T>(params.at(6 * i + 5), cout, "running var");
-  TORCH_CHECK(mean && var, "mod_block_: layer ", i, " needs the norm's running statistics");
+  TORCH_CHECK(mean && var, "MoD plan: layer ", i, " needs the norm's running statistics");
   for (int64_t c = 0; c < cout; ++c) {
     T scale = T(1) / std::sqrt(var[c] + static_cast<T>(eps));
     if (gamma) scale *= gamma[c];
@@ -479,18 +478,15 @@ void fold_norm(const std::vector<c10::optional<at::Tensor>>& params, size_t i, d
 }
 
 template <typename T>
-void mod_block_impl(at::Tensor& x, int64_t* ip, int64_t k, const at::Tensor& scores,
-                    const at::Tensor& fc1, const at::Tensor& fc2,
-                    const std::vector<at::Tensor>& weights,
-                    const std::vector<c10::optional<at::Tensor>>& params, const std::vector<double>& eps,
-                    at::IntArrayRef strides, at::IntArrayRef paddings, at::IntArrayRef dilations,
-                    at::IntArrayRef groups, at::IntArrayRef acts, int64_t offset,
-                    int64_t num_threads) {
+void mod_block_impl(at::Tensor& x, int64_t* ip, int64_t k, const at::Tensor& fc1,
+                    const at::Tensor& fc2, const std::vector<at::Tensor>& weights,
+                    const std::vector<c10::optional<at::Tensor>>& params,
+                    const std::vector<double>& eps, at::IntArrayRef strides,
+                    at::IntArrayRef paddings, at::IntArrayRef dilations, at::IntArrayRef groups,
+                    at::IntArrayRef acts, int64_t offset, int64_t num_threads) {
   const int64_t N = x.size(0);
-  Block<T> b{x.size(1), x.size(2), x.size(3), k, 0, offset,
-             fc1.defined() ? fc1.data_ptr<T>() : nullptr,
+  Block<T> b{x.size(1), x.size(2), x.size(3), k, fc1.size(0), offset, fc1.data_ptr<T>(),
              fc2.defined() ? fc2.data_ptr<T>() : nullptr, {}};
-  if (fc1.defined()) b.hidden = fc1.size(0);
   int64_t h = b.H, w = b.W, total = 0;
   for (const auto& wt : weights) total += 2 * wt.size(0);
   std::vector<T> folded(total);  // [scale, shift] of every layer
@@ -503,152 +499,138 @@ void mod_block_impl(at::Tensor& x, int64_t* ip, int64_t k, const at::Tensor& sco
     l.ho = out_size(h, l.kh, l.stride, l.padding, l.dilation);
     l.wo = out_size(w, l.kw, l.stride, l.padding, l.dilation);
     TORCH_CHECK((l.ho == b.H && l.wo == b.W) || i + 1 < weights.size(),
-                "mod_block_: the branch must keep the spatial size");
+                "MoD plan: the branch must keep the spatial size");
     h = l.ho;
     w = l.wo;
     f += 2 * l.cout;
     b.layers.push_back(l);
   }
   T* xp = x.data_ptr<T>();
-  const T* sp = scores.defined() ? scores.data_ptr<T>() : nullptr;
   const int64_t C = b.C, HW = b.H * b.W;
-  // selected scores, when the selector runs here
-  std::vector<T> sel(fc1.defined() ? N * k : 0);
+  std::vector<T> sel(N * k);  // the selected channels' scores
   if (N == 1) {
     Scratch<T> s(b);
     const int nt = static_cast<int>(std::max<int64_t>(1, num_threads));
     if (nt == 1 || omp_in_parallel()) {
-      run_sample<T>(b, s, xp, ip, sp, sel.data(), 0, 1, [] {});
+      run_sample<T>(b, s, xp, ip, sel.data(), 0, 1, [] {});
     } else {
 #pragma omp parallel num_threads(nt)
-      run_sample<T>(b, s, xp, ip, sp, sel.data(), omp_get_thread_num(), omp_get_num_threads(),
-                    [] {
+      run_sample<T>(b, s, xp, ip, sel.data(), omp_get_thread_num(), omp_get_num_threads(), [] {
 #pragma omp barrier
-                    });
+      });
     }
     return;
   }
   // A batch: whole samples per thread.
   at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
     Scratch<T> s(b);
-    for (int64_t n = begin; n < end; ++n) {
-      run_sample<T>(b, s, xp + n * C * HW, ip + n * k, sp ? sp + n * k : nullptr,
-                    sel.empty() ? nullptr : sel.data() + n * k, 0, 1, [] {});
-    }
+    for (int64_t n = begin; n < end; ++n)
+      run_sample<T>(b, s, xp + n * C * HW, ip + n * k, sel.data() + n * k, 0, 1, [] {});
   });
 }
 
-// The block on x in place; `ip` (N, k) receives the selections (fc1 given) or holds them.
-at::Tensor mod_block_core(at::Tensor x, int64_t* ip, int64_t k,
-                      const c10::optional<at::Tensor>& scores,
-                      const c10::optional<at::Tensor>& fc1, const c10::optional<at::Tensor>& fc2,
-                      const std::vector<c10::optional<at::Tensor>>& params, const std::vector<double>& eps,
-                      const std::vector<int64_t>& strides, const std::vector<int64_t>& paddings,
-                      const std::vector<int64_t>& dilations, const std::vector<int64_t>& groups,
-                      const std::vector<int64_t>& acts,
-                      int64_t offset, int64_t num_threads) {
+// The block on x in place; `ip` (N, k) receives the selected channels.
+void mod_block(at::Tensor& x, int64_t* ip, int64_t k, const at::Tensor& fc1,
+               const c10::optional<at::Tensor>& fc2,
+               const std::vector<c10::optional<at::Tensor>>& params,
+               const std::vector<double>& eps, const std::vector<int64_t>& strides,
+               const std::vector<int64_t>& paddings, const std::vector<int64_t>& dilations,
+               const std::vector<int64_t>& groups, const std::vector<int64_t>& acts,
+               int64_t offset, int64_t num_threads) {
   TORCH_CHECK(x.dim() == 4 && x.is_contiguous() && x.device().is_cpu(),
-              "mod_block_: x must be a contiguous (N, C, H, W) CPU tensor");
-  const int64_t N = x.size(0), C = x.size(1);
-  TORCH_CHECK(k >= 1 && k <= C, "mod_block_: k must be in [1, C]");
-  const bool select = fc1.has_value() && fc1->defined();
-  at::Tensor w1, w2, sc;
-  if (select) {
-    w1 = fc1->contiguous();
-    TORCH_CHECK(w1.dim() == 2 && w1.size(1) == C && w1.scalar_type() == x.scalar_type(),
-                "mod_block_: fc1 must be (hidden, C)");
-    if (fc2.has_value() && fc2->defined()) {
-      w2 = fc2->contiguous();
-      TORCH_CHECK(w2.dim() == 2 && w2.size(0) == C && w2.size(1) == w1.size(0) &&
-                      w2.scalar_type() == x.scalar_type(),
-                  "mod_block_: fc2 must be (C, hidden)");
-    } else {
-      TORCH_CHECK(w1.size(0) == C, "mod_block_: a single FC must give C scores");
-    }
+              "MoD plan: x must be a contiguous (N, C, H, W) CPU tensor");
+  const int64_t C = x.size(1);
+  TORCH_CHECK(k >= 1 && k <= C, "MoD plan: k must be in [1, C]");
+  const at::Tensor w1 = fc1.contiguous();
+  TORCH_CHECK(w1.dim() == 2 && w1.size(1) == C && w1.scalar_type() == x.scalar_type(),
+              "MoD plan: fc1 must be (hidden, C)");
+  at::Tensor w2;
+  if (fc2.has_value() && fc2->defined()) {
+    w2 = fc2->contiguous();
+    TORCH_CHECK(w2.dim() == 2 && w2.size(0) == C && w2.size(1) == w1.size(0) &&
+                    w2.scalar_type() == x.scalar_type(),
+                "MoD plan: fc2 must be (C, hidden)");
   } else {
-    if (scores.has_value() && scores->defined()) {
-      sc = scores->contiguous();
-      TORCH_CHECK(sc.dim() == 2 && sc.size(0) == N && sc.size(1) == k &&
-                      sc.scalar_type() == x.scalar_type(),
-                  "mod_block_: scores must be (N, k) like indices");
-    }
-    TORCH_CHECK(std::all_of(ip, ip + N * k, [C](int64_t i) { return i >= 0 && i < C; }),
-                "mod_block_: indices out of range");
+    TORCH_CHECK(w1.size(0) == C, "MoD plan: a single FC must give C scores");
   }
   const size_t L = eps.size();
   TORCH_CHECK(L > 0 && params.size() == 6 * L && strides.size() == L && paddings.size() == L &&
                   dilations.size() == L && groups.size() == L && acts.size() == L,
-              "mod_block_: per layer 6 params (conv weight, conv bias, norm weight, norm bias, "
+              "MoD plan: per layer 6 params (conv weight, conv bias, norm weight, norm bias, "
               "running mean, running var) and one eps, stride, padding, dilation, groups, act");
   std::vector<at::Tensor> weights;
   int64_t cin = k;
   for (size_t i = 0; i < L; ++i) {
-    const c10::optional<at::Tensor> wt_opt = params.at(6 * i);
-    TORCH_CHECK(wt_opt.has_value() && wt_opt->defined(), "mod_block_: missing conv weight");
+    const c10::optional<at::Tensor>& wt_opt = params.at(6 * i);
+    TORCH_CHECK(wt_opt.has_value() && wt_opt->defined(), "MoD plan: missing conv weight");
     const at::Tensor wt = wt_opt->contiguous();
     TORCH_CHECK(wt.dim() == 4 && wt.scalar_type() == x.scalar_type() && groups[i] >= 1 &&
                     wt.size(1) * groups[i] == cin && wt.size(0) % groups[i] == 0,
-                "mod_block_: layer ", i, " weight does not fit its input channels");
+                "MoD plan: layer ", i, " weight does not fit its input channels");
     TORCH_CHECK(strides[i] == 1 && paddings[i] >= 0 && dilations[i] >= 1 &&
                     (acts[i] == kActNone || acts[i] == kActReLU || acts[i] == kActReLU6),
-                "mod_block_: layer ", i, " has an unsupported geometry (stride must be 1) or "
+                "MoD plan: layer ", i, " has an unsupported geometry (stride must be 1) or "
                 "activation");
     weights.push_back(wt);
     cin = wt.size(0);
   }
-  TORCH_CHECK(cin == k, "mod_block_: the branch must end with k = ", k, " channels");
-  TORCH_CHECK(offset < 0 || offset + k <= C, "mod_block_: fusion offset out of range");
-  if (N == 0) return x;
+  TORCH_CHECK(cin == k, "MoD plan: the branch must end with k = ", k, " channels");
+  TORCH_CHECK(offset < 0 || offset + k <= C, "MoD plan: fusion offset out of range");
+  if (x.size(0) == 0) return;
   const int64_t nt = num_threads > 0 ? num_threads : at::get_num_threads();
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mod_block_", [&] {
-    mod_block_impl<scalar_t>(x, ip, k, sc, w1, w2, weights, params, eps, strides, paddings,
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mod_block", [&] {
+    mod_block_impl<scalar_t>(x, ip, k, w1, w2, weights, params, eps, strides, paddings,
                              dilations, groups, acts, offset, nt);
   });
-  return x;
 }
 
-at::Tensor mod_block_(at::Tensor x, at::Tensor indices, const c10::optional<at::Tensor>& scores,
-                      const c10::optional<at::Tensor>& fc1, const c10::optional<at::Tensor>& fc2,
-                      const std::vector<c10::optional<at::Tensor>>& params,
-                      const std::vector<double>& eps, const std::vector<int64_t>& strides,
-                      const std::vector<int64_t>& paddings, const std::vector<int64_t>& dilations,
-                      const std::vector<int64_t>& groups, const std::vector<int64_t>& acts,
-                      int64_t offset, int64_t num_threads) {
-  TORCH_CHECK(x.dim() == 4, "mod_block_: x must be (N, C, H, W)");
-  TORCH_CHECK(indices.dim() == 2 && indices.size(0) == x.size(0) && indices.is_contiguous() &&
-                  indices.scalar_type() == at::kLong,
-              "mod_block_: indices must be a contiguous (N, k) int64 tensor");
-  return mod_block_core(x, indices.data_ptr<int64_t>(), indices.size(1), scores, fc1, fc2, params,
-                        eps, strides, paddings, dilations, groups, acts, offset, num_threads);
+// A tensor-valued Python object (a Parameter, a buffer) as the tensor it holds now, or nullopt
+// for None. Taken on every call and dropped after it, never kept: torch.utils.swap_tensors (a
+// conversion under torch.__future__.set_swap_module_params_on_conversion) gives the same Python
+// object another tensor, and refuses to while another reference to the old one exists.
+inline c10::optional<at::Tensor> tensor_of(const py::object& obj) {
+  if (obj.is_none()) return c10::nullopt;
+  return THPVariable_Unpack(obj.ptr());
 }
 
-// A MoD block's inference plan: the tensors and modules the block reads, held once, so a call
-// passes only x. Built by MoDBlock (mmmod/models/layers/mod.py), rebuilt when a module,
-// parameter or buffer is replaced. Per call it reads the norms' training flags and eps, the
-// selector's hooks and the drop-path mode -- in C++, as Python code run between two big convs
-// costs several times its warm speed -- and returns None where the block must run as modules.
+// A MoD block's inference plan: the whole block in one call, built by MoDBlock
+// (mmmod/models/layers/mod.py) and called with x only. It holds the objects the block's modules
+// held when it was built (a ModuleWatch, see module_watch.h) and returns False as soon as one
+// of them was replaced, so the block builds a new plan. Everything else it reads on each call
+// -- in C++, as Python code run between two big convs costs several times its warm speed:
+// tensors' contents, dtypes and shapes, the norms' training flags and eps, the selector's
+// hooks, the drop path's mode -- and it returns None where the block must run its forward:
+// training-mode norms, a hooked selector, a training drop path, tracing, an input that is not
+// a contiguous float CPU tensor of the weights' dtype. A plan built without a kernel (the block's
+// branch is not one the kernel takes) only watches: it returns None until the block changes.
 class Plan {
  public:
-  Plan(at::Tensor fc1, c10::optional<at::Tensor> fc2, std::vector<c10::optional<at::Tensor>> params,
-       std::vector<py::object> norms, py::object selector, py::object drop_path,
-       std::vector<int64_t> strides, std::vector<int64_t> paddings,
+  explicit Plan(std::vector<py::dict> watched) : watch_(watched) {}
+
+  Plan(std::vector<py::dict> watched, py::object fc1, py::object fc2,
+       std::vector<py::object> params, std::vector<py::object> norms, py::object selector,
+       py::object drop_path, std::vector<int64_t> strides, std::vector<int64_t> paddings,
        std::vector<int64_t> dilations, std::vector<int64_t> groups, std::vector<int64_t> acts,
        int64_t offset, int64_t k)
-      : fc1_(std::move(fc1)), fc2_(std::move(fc2)), params_(std::move(params)),
-        strides_(std::move(strides)),
-        paddings_(std::move(paddings)), dilations_(std::move(dilations)),
-        groups_(std::move(groups)), acts_(std::move(acts)), offset_(offset), k_(k),
-        eps_(norms.size()) {
-    TORCH_CHECK(params_.size() == 6 * norms.size(), "Plan: 6 params per layer");
-    // the modules' instance dicts: what is read per call (the block owns the modules)
+      : watch_(watched), runs_(true), fc1_(std::move(fc1)), fc2_(std::move(fc2)),
+        param_objects_(std::move(params)),
+        strides_(std::move(strides)), paddings_(std::move(paddings)),
+        dilations_(std::move(dilations)), groups_(std::move(groups)), acts_(std::move(acts)),
+        offset_(offset), k_(k), eps_(norms.size()) {
+    TORCH_CHECK(param_objects_.size() == 6 * norms.size(), "MoD plan: 6 params per layer");
+    // the modules' instance dicts, where the per-call state is read (the watch tells whether
+    // they are still the block's modules)
     for (const auto& n : norms) norm_dicts_.push_back(n.attr("__dict__"));
     selector_dict_ = selector.attr("__dict__");
-    drop_path_dict_ = drop_path.is_none() ? py::none() : drop_path.attr("__dict__");
+    if (!drop_path.is_none()) drop_path_dict_ = drop_path.attr("__dict__");
   }
 
-  // x (N, C, H, W) -> x with the block applied in place, or None: run the block as modules.
-  // A list `recorder` gets the (N, k) selected indices appended.
+  // x (N, C, H, W) -> x with the block applied in place; None: run the block's forward;
+  // False: the block's modules, parameters or buffers changed, build a new plan. A list
+  // `recorder` gets the (N, k) selected indices appended.
   py::object call(const at::Tensor& x, const py::object& recorder) {
+    if (!watch_.unchanged()) return py::bool_(false);
+    if (!runs_) return py::none();
     // Module state straight from the instance dicts: one lookup each (getattr would walk the
     // class hierarchy first; cold, that costs microseconds per block).
     for (size_t i = 0; i < norm_dicts_.size(); ++i) {
@@ -665,37 +647,45 @@ class Plan {
         PyDict_GetItem(drop_path_dict_.ptr(), training_.ptr()) != Py_False)
       return py::none();
     if (torch::jit::tracer::isTracing()) return py::none();  // the trace must record modules
+    const at::Tensor fc1 = THPVariable_Unpack(fc1_.ptr());
     // A plain dense CPU tensor: not a FakeTensor (torch.compile / export), not a functorch
     // wrapper, of the weights' dtype (one the kernel has).
     if (typeid(*x.unsafeGetTensorImpl()) != typeid(c10::TensorImpl) ||
         x.key_set().has(c10::DispatchKey::Python) || !x.device().is_cpu() ||
         x.layout() != at::kStrided || x.dim() != 4 || !x.is_contiguous() ||
-        x.scalar_type() != fc1_.scalar_type() ||
+        x.scalar_type() != fc1.scalar_type() ||
         (x.scalar_type() != at::kFloat && x.scalar_type() != at::kDouble))
       return py::none();
+    // local: a tensor the plan kept between calls would block torch.utils.swap_tensors
+    std::vector<c10::optional<at::Tensor>> params(param_objects_.size());
+    for (size_t i = 0; i < params.size(); ++i) params[i] = tensor_of(param_objects_[i]);
+    const c10::optional<at::Tensor> fc2 = tensor_of(fc2_);
     const bool record = !recorder.is_none();
     at::Tensor idx;  // a tensor only when recorded; else this thread's scratch
     int64_t* ip = record ? (idx = at::empty({x.size(0), k_}, x.options().dtype(at::kLong)))
                                .data_ptr<int64_t>()
                          : arena<int64_t, 2>(x.size(0) * k_);
+    at::Tensor out = x;
     {
       py::gil_scoped_release release;
-      mod_block_core(x, ip, k_, c10::nullopt, fc1_, fc2_, params_, eps_, strides_, paddings_,
-                     dilations_, groups_, acts_, offset_, -1);
+      mod_block(out, ip, k_, fc1, fc2, params, eps_, strides_, paddings_, dilations_, groups_,
+                acts_, offset_, -1);
     }
     if (record) recorder.attr("append")(idx);
-    return py::cast(x);
+    return py::cast(out);
   }
 
  private:
-  at::Tensor fc1_;
-  c10::optional<at::Tensor> fc2_;
-  std::vector<c10::optional<at::Tensor>> params_;
+  mmmod::ModuleWatch watch_;
+  bool runs_ = false;  // a kernel was built; else the plan only watches
+  py::object fc1_, fc2_;  // the selector's weights, (hidden, C) and (C, hidden) or None
+  // per layer: conv weight, conv bias, norm weight, norm bias, running mean, running var
+  std::vector<py::object> param_objects_;
   std::vector<int64_t> strides_, paddings_, dilations_, groups_, acts_;
-  int64_t offset_, k_;
+  int64_t offset_ = 0, k_ = 0;
   std::vector<double> eps_;
   std::vector<py::object> norm_dicts_;
-  py::object selector_dict_, drop_path_dict_;
+  py::object selector_dict_, drop_path_dict_ = py::none();
   py::str training_{"training"}, eps_key_{"eps"}, fwd_hooks_{"_forward_hooks"},
       fwd_pre_hooks_{"_forward_pre_hooks"};
 };
@@ -703,17 +693,15 @@ class Plan {
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("mod_block_", &mod_block_,
-        "One CNN-MoD block in place on x (N, C, H, W): selector, top-k (written to indices, "
-        "or read from it when fc1 is None), branch with folded norms, scaled fusion.",
-        py::arg("x"), py::arg("indices"), py::arg("scores"), py::arg("fc1"), py::arg("fc2"),
-        py::arg("params"), py::arg("eps"), py::arg("strides"), py::arg("paddings"),
-        py::arg("dilations"), py::arg("groups"), py::arg("acts"), py::arg("offset"),
-        py::arg("num_threads") = -1, py::call_guard<py::gil_scoped_release>());
   py::class_<Plan>(m, "Plan")
-      .def(py::init<at::Tensor, c10::optional<at::Tensor>, std::vector<c10::optional<at::Tensor>>,
+      .def(py::init<std::vector<py::dict>>(), py::arg("watched"))
+      .def(py::init<std::vector<py::dict>, py::object, py::object, std::vector<py::object>,
                     std::vector<py::object>, py::object, py::object, std::vector<int64_t>,
                     std::vector<int64_t>, std::vector<int64_t>, std::vector<int64_t>,
-                    std::vector<int64_t>, int64_t, int64_t>())
+                    std::vector<int64_t>, int64_t, int64_t>(),
+           py::arg("watched"), py::arg("fc1"), py::arg("fc2"), py::arg("params"),
+           py::arg("norms"), py::arg("selector"), py::arg("drop_path"), py::arg("strides"),
+           py::arg("paddings"), py::arg("dilations"), py::arg("groups"), py::arg("acts"),
+           py::arg("offset"), py::arg("k"))
       .def("__call__", &Plan::call, py::arg("x"), py::arg("recorder"));
 }

@@ -14,6 +14,7 @@
 // of torch.argmax, so the gradient matches the PyTorch reference exactly.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <torch/csrc/autograd/python_variable.h>
 #include <torch/csrc/jit/frontend/tracer.h>
 #include <torch/extension.h>
 #include <torch/library.h>
@@ -25,6 +26,8 @@
 #include <algorithm>
 #include <cstdint>
 #include <tuple>
+
+#include "module_watch.h"
 
 namespace {
 
@@ -222,15 +225,21 @@ T dot16(const T* a, const T* b, int64_t n) {
 // A PiX module's inference plan: p = sigmoid(W mean_hw(x)) and the sampling in one call from
 // Python (a module call, a scorer call and an operator call each cost microseconds per block,
 // several times more between two big convs than warm). The selector's GEMV is split across
-// threads by rows (ATen runs a batch-1 linear on one). Returns None where the module must run
-// as usual: a hooked scorer, tracing, an input that is not a plain float CPU tensor.
+// threads by rows (ATen runs a batch-1 linear on one). Returns False when the module's
+// submodules, parameters or buffers were replaced since it was built (module_watch.h: the
+// module then builds a new plan), None where the module must run as usual: a hooked scorer,
+// tracing, an input that is not a plain float CPU tensor.
 class PixPlan {
  public:
-  PixPlan(at::Tensor weight, py::object scorer, int64_t zeta, double tau, int64_t mode)
-      : weight_(std::move(weight)), scorer_dict_(scorer.attr("__dict__")), zeta_(zeta),
-        tau_(tau), mode_(mode) {}
+  PixPlan(std::vector<py::dict> watched, py::object weight, py::object scorer, int64_t zeta,
+          double tau, int64_t mode)
+      : watch_(watched), weight_(std::move(weight)), scorer_dict_(scorer.attr("__dict__")),
+        zeta_(zeta), tau_(tau), mode_(mode) {}
 
   py::object call(const at::Tensor& x) {
+    if (!watch_.unchanged()) return py::bool_(false);
+    // the tensor the parameter holds now (torch.utils.swap_tensors can give it another)
+    const at::Tensor& weight = THPVariable_Unpack(weight_.ptr());
     for (const py::str& key : {fwd_hooks_, fwd_pre_hooks_}) {
       PyObject* hooks = PyDict_GetItem(scorer_dict_.ptr(), key.ptr());
       if (!hooks || PyObject_Length(hooks) != 0) return py::none();
@@ -239,17 +248,17 @@ class PixPlan {
     if (typeid(*x.unsafeGetTensorImpl()) != typeid(c10::TensorImpl) ||
         x.key_set().has(c10::DispatchKey::Python) || !x.device().is_cpu() ||
         x.layout() != at::kStrided || x.dim() != 4 || !x.is_contiguous() ||
-        x.size(1) != weight_.size(1) || x.scalar_type() != weight_.scalar_type() ||
+        x.size(1) != weight.size(1) || x.scalar_type() != weight.scalar_type() ||
         (x.scalar_type() != at::kFloat && x.scalar_type() != at::kDouble))
       return py::none();
     const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
-    const int64_t G = weight_.size(0);
+    const int64_t G = weight.size(0);
     at::Tensor y = at::empty({N, G, x.size(2), x.size(3)}, x.options());
     {
       py::gil_scoped_release release;
       AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pix_plan", [&] {
         const scalar_t* xp = x.data_ptr<scalar_t>();
-        const scalar_t* wp = weight_.contiguous().data_ptr<scalar_t>();
+        const scalar_t* wp = weight.contiguous().data_ptr<scalar_t>();
         std::vector<scalar_t> mean(N * C), p(N * G);
         at::parallel_for(0, N * C, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, HW)),
                          [&](int64_t b, int64_t e) {
@@ -279,7 +288,8 @@ class PixPlan {
   }
 
  private:
-  at::Tensor weight_;  // (G, C)
+  mmmod::ModuleWatch watch_;
+  py::object weight_;  // the scorer's Parameter, (G, C)
   py::object scorer_dict_;
   int64_t zeta_;
   double tau_;
@@ -293,7 +303,9 @@ class PixPlan {
 // inference plan, which never runs under tracing, is a Python class.
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   py::class_<PixPlan>(m, "PixPlan")
-      .def(py::init<at::Tensor, py::object, int64_t, double, int64_t>())
+      .def(py::init<std::vector<py::dict>, py::object, py::object, int64_t, double, int64_t>(),
+           py::arg("watched"), py::arg("weight"), py::arg("scorer"), py::arg("zeta"),
+           py::arg("tau"), py::arg("mode"))
       .def("__call__", &PixPlan::call, py::arg("x"));
 }
 

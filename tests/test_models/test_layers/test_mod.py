@@ -1,9 +1,17 @@
+import json
+import os.path as osp
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mmcv.cnn import ConvModule
+from mmcv.cnn.bricks import DropPath
 
+import mmmod
 import mmmod.models.layers.mod as mod_module
 from mmmod.models.layers import (ChannelScorer, MoDBlock, gather_channels, num_selected_channels,
                                  record_selections, top_channels)
@@ -98,7 +106,8 @@ def test_gather_channels_matches_indexing():
 
 @pytest.fixture(params=['cpp', 'python'])
 def inference_impl(request, monkeypatch):
-    """Run the no-grad inference path with the C++ kernel or with its PyTorch fallback."""
+    """Run no-grad inference with the compiled plan, or as without a C++ compiler (then the
+    block's forward runs: the fallback of ``MMMOD_NO_CPP_OPS=1``)."""
     if request.param == 'cpp':
         if cpp_module('mod') is None:
             pytest.skip('the mmmod_mod C++ operator could not be compiled here')
@@ -118,7 +127,7 @@ def test_mod_block_matches_reference(fusion, batch, branch, inference_impl):
     block.eval()
     with torch.no_grad():
         expected = reference_mod(block, x)
-        # no autograd: folded norms and in-place fusion
+        # no autograd: the compiled plan (in place), or the forward without a compiler
         fast = block(x.clone())
     torch.testing.assert_close(fast, expected, rtol=1e-4, atol=1e-4)
     # autograd on: the exact training-time path (eval-mode BN so both use running stats)
@@ -180,7 +189,7 @@ def test_gradients_reach_selector_branch_and_input():
     assert x.grad is not None and x.grad.abs().sum() > 0
 
 
-def test_folded_cache_follows_weight_changes():
+def test_compiled_plan_follows_load_state_dict():
     torch.manual_seed(0)
     block = MoDBlock(32, 4, make_branch(4)).eval()
     randomize_bn(block, seed=1)
@@ -246,6 +255,8 @@ def test_record_selections():
 
 
 def test_inference_path_skips_module_calls_but_honours_selector_hooks():
+    if cpp_module('mod') is None:
+        pytest.skip('the mmmod_mod C++ operator could not be compiled here')
     torch.manual_seed(0)
     block = MoDBlock(32, 4, make_branch(4)).eval()
     randomize_bn(block)
@@ -254,7 +265,7 @@ def test_inference_path_skips_module_calls_but_honours_selector_hooks():
     x = torch.randn(1, 32, 5, 5)
     with torch.no_grad():
         fast = block(x.clone())
-    assert calls == [], 'no-grad eval runs the folded branch, not the modules'
+    assert calls == [], 'no-grad eval runs the compiled plan, not the modules'
     seen = []
     block.selector.register_forward_hook(lambda m, i, o: seen.append(o.clone()))
     with torch.no_grad():
@@ -275,13 +286,13 @@ def test_dilated_branch_matches_reference(dilation, inference_impl):
                                    atol=1e-4)
 
 
-def test_folded_cache_follows_a_replaced_norm(inference_impl):
+def test_compiled_plan_follows_a_replaced_norm(inference_impl):
     torch.manual_seed(0)
     block = MoDBlock(32, 4, make_branch(4)).eval()
     randomize_bn(block, seed=1)
     x = torch.randn(1, 32, 5, 5)
     with torch.no_grad():
-        block(x.clone())  # builds the cache
+        block(x.clone())  # builds the plan
         conv_module = block.branch[1]
         new_bn = nn.BatchNorm2d(conv_module.norm.num_features).eval()
         setattr(conv_module, conv_module.norm_name, new_bn)  # as SyncBN -> BN conversion does
@@ -354,6 +365,8 @@ def test_compiled_path_is_the_same_with_any_thread_count(inference_impl):
     block = MoDBlock(96, 6, make_inverted_branch(6)).eval()
     randomize_bn(block)
     x = torch.randn(1, 96, 23, 29)  # rows wider than one register block, odd sizes
+    calls = []
+    block.branch.register_forward_hook(lambda *_: calls.append('branch'))  # not seen by a plan
     threads = torch.get_num_threads()
     outs = []
     try:
@@ -363,7 +376,7 @@ def test_compiled_path_is_the_same_with_any_thread_count(inference_impl):
                 outs.append(block(x.clone()))
     finally:
         torch.set_num_threads(threads)
-    assert (block._plan[1] is not None) == (inference_impl == 'cpp'), 'the compiled plan ran'
+    assert (calls == []) == (inference_impl == 'cpp'), 'the compiled plan ran'
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
     torch.testing.assert_close(outs[0], reference_mod(block, x), rtol=1e-4, atol=1e-4)
 
@@ -382,3 +395,160 @@ def test_many_tied_scores_select_like_top_channels(inference_impl):
             out = block(x.clone())
     assert torch.equal(sel[''][0], expected)
     torch.testing.assert_close(out, reference_mod(block, x), rtol=1e-4, atol=1e-4)
+
+
+
+def run_inference(block, x):
+    """``block(x)`` without autograd (on a copy of x), and whether the compiled plan ran it, i.e.
+    the branch was not called as modules."""
+    calls = []
+    handle = block.branch.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        with torch.no_grad():
+            out = block(x.clone())
+    finally:
+        handle.remove()
+    return out, not calls
+
+
+def check_inference(block, x, plan_runs):
+    """Inference matches the reference, by the compiled plan exactly when ``plan_runs``."""
+    out, planned = run_inference(block, x)
+    with torch.no_grad():
+        torch.testing.assert_close(out, reference_mod(block, x), rtol=1e-4, atol=1e-4)
+    assert planned == plan_runs, 'the compiled plan ran' if planned else 'the forward ran'
+
+
+def test_compiled_plan_follows_replaced_submodules(inference_impl):
+    torch.manual_seed(0)
+    block = MoDBlock(32, 4, make_branch(4)).eval()
+    randomize_bn(block)
+    x = torch.randn(2, 32, 5, 5)
+    cpp = inference_impl == 'cpp'
+    check_inference(block, x, cpp)  # builds the plan
+    block.branch = make_inverted_branch(4).eval()  # a whole new branch, other layer shapes
+    randomize_bn(block.branch, seed=1)
+    check_inference(block, x, cpp)
+    block.branch[2] = ConvModule(24, 4, 1, norm_cfg=dict(type='BN'), act_cfg=None).eval()
+    randomize_bn(block.branch[2], seed=2)
+    check_inference(block, x, cpp)
+    block.branch[1].activate = nn.ReLU()  # ReLU6 -> ReLU: another activation in the kernel
+    check_inference(block, x, cpp)
+    block.selector.fc2 = nn.Linear(2, 32, bias=False)  # a new FC module in the selector
+    check_inference(block, x, cpp)
+    block.drop_path = DropPath(0.5).eval()  # the identity in eval mode
+    check_inference(block, x, cpp)
+    block.branch[0].activate = nn.GELU()  # an activation the kernel does not have
+    check_inference(block, x, False)
+    block.branch[0].activate = nn.ReLU6()
+    check_inference(block, x, cpp)
+
+
+def test_block_with_drop_path_infers_like_the_reference(inference_impl):
+    # regression: building the plan of a block with a DropPath raised a TypeError
+    torch.manual_seed(0)
+    block = MoDBlock(32, 4, make_branch(4), drop_path_rate=0.2).eval()
+    randomize_bn(block)
+    check_inference(block, torch.randn(2, 32, 5, 5), inference_impl == 'cpp')
+    block.drop_path.train()  # stochastic depth samples: the forward runs
+    _, planned = run_inference(block, torch.randn(2, 32, 5, 5))
+    assert not planned
+
+
+def test_compiled_plan_follows_tensor_edits_and_conversions(inference_impl):
+    torch.manual_seed(0)
+    block = MoDBlock(32, 4, make_branch(4)).eval()
+    randomize_bn(block)
+    x = torch.randn(1, 32, 5, 5)
+    cpp = inference_impl == 'cpp'
+    check_inference(block, x, cpp)  # builds the plan
+    with torch.no_grad():
+        block.branch[0].conv.weight.mul_(-2)  # in place: the same tensors, new contents
+        block.branch[2].norm.running_mean.add_(1)
+    check_inference(block, x, cpp)
+    block.selector.fc2.weight.data = torch.randn(32, 2)  # the same Parameter, another tensor
+    check_inference(block, x, cpp)
+    other = MoDBlock(32, 4, make_branch(4)).eval()
+    randomize_bn(other, seed=3)
+    block.load_state_dict(other.state_dict(), assign=True)  # new Parameter and buffer objects
+    check_inference(block, x, cpp)
+    # a conversion of one norm alone, which the block's _apply does not see: the norm's
+    # buffers become new tensors, its parameters stay the same objects with new data
+    norm = block.branch[1].norm
+    norm.double()
+    with torch.no_grad():
+        norm.running_var.mul_(3)
+        norm.weight.mul_(-1)
+    norm.float()
+    check_inference(block, x, cpp)
+    swap = torch.__future__.get_swap_module_params_on_conversion()
+    torch.__future__.set_swap_module_params_on_conversion(True)
+    try:  # conversions swap the tensors inside the same Parameter objects
+        conv = block.branch[2].conv
+        conv.double()
+        with torch.no_grad():
+            conv.weight.mul_(0.5)
+        conv.float()
+        check_inference(block, x, cpp)
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(swap)
+
+
+def test_pruned_conv_runs_the_forward_then_the_plan_again(inference_impl):
+    from torch.nn.utils import prune
+    torch.manual_seed(0)
+    block = MoDBlock(64, 8, make_branch(8)).eval()
+    randomize_bn(block)
+    x = torch.randn(1, 64, 6, 6)
+    cpp = inference_impl == 'cpp'
+    check_inference(block, x, cpp)
+    conv = block.branch[1].conv
+    # the weight becomes an attribute computed by a forward pre-hook: no tensor a plan can hold
+    prune.l1_unstructured(conv, 'weight', amount=0.5)
+    check_inference(block, x, False)
+    prune.remove(conv, 'weight')  # a Parameter again (holding the pruned values)
+    check_inference(block, x, cpp)
+
+
+def test_inputs_the_plan_declines_run_the_forward():
+    torch.manual_seed(0)
+    block = MoDBlock(32, 4, make_inverted_branch(4)).eval()
+    randomize_bn(block)
+    x = torch.randn(2, 32, 5, 5)
+    check_inference(block, x.to(memory_format=torch.channels_last), False)
+    block.branch[1].norm.train()  # batch statistics: not foldable
+    check_inference(block, x[:1], False)  # one sample: the same statistics as the reference's
+
+
+def test_import_installs_no_global_hooks():
+    """Importing mmmod registers names only: torch's process-wide module, parameter and buffer
+    registration hooks are the same before and after it, and after MoD and PiX inference."""
+    code = textwrap.dedent("""
+        import json
+        import torch
+        from torch.nn.modules import module
+
+        def hooks():
+            return {name: sorted((key, f'{h.__module__}.{h.__qualname__}')
+                                 for key, h in getattr(module, name).items())
+                    for name in ('_global_module_registration_hooks',
+                                 '_global_parameter_registration_hooks',
+                                 '_global_buffer_registration_hooks')}
+
+        before = hooks()
+        import mmmod  # noqa: F401
+        after_import = hooks()
+        from mmmod.models import MobileNetV2MoD, ResNetPiX
+        with torch.no_grad():
+            MobileNetV2MoD(arch='MoD').eval()(torch.rand(1, 3, 32, 32))
+            ResNetPiX(depth=50).eval()(torch.rand(1, 3, 32, 32))
+        print(json.dumps(dict(before=before, after_import=after_import, after_use=hooks())))
+    """)
+    root = osp.dirname(osp.dirname(osp.abspath(mmmod.__file__)))
+    # the timeout only bounds a hang (a first run compiles the C++ operators)
+    proc = subprocess.run([sys.executable, '-c', code], cwd=root, capture_output=True, text=True,
+                          timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result['after_import'] == result['before'], result
+    assert result['after_use'] == result['before'], result
