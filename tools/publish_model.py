@@ -9,27 +9,18 @@ schedulers, message hub, EMA copies), so the file is smaller and loads with torc
 ``weights_only=True`` without mmmod's allow-list.
 """
 import argparse
-import hashlib
 import os
 import os.path as osp
 
 import torch
-
 from mmengine.runner.checkpoint import _load_checkpoint
 
 import mmmod  # noqa: F401  mmengine's loaders read training checkpoints safely
+from mmmod.compat.checkpoint import sha256_of
 
 # What a Runner checkpoint holds besides the weights, needed to resume only.
 TRAINING_STATE = ('optimizer', 'param_schedulers', 'message_hub', 'ema_state_dict')
 SHA_DIGITS = 8
-
-
-def sha256_of(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def publish(in_file: str, out_file: str) -> str:

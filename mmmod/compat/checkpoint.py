@@ -58,7 +58,7 @@ from mmengine.runner.checkpoint import CheckpointLoader
 __all__ = [
     'UNSAFE_LOAD_ENV', 'STATISTICS', 'ChecksumError', 'SAFE_GLOBALS',
     'mmengine_checkpoint_loading', 'install_checkpoint_loaders',
-    'allow_unsafe_checkpoint_loading', 'history_buffer_getattr', 'verify_checksum'
+    'allow_unsafe_checkpoint_loading', 'history_buffer_getattr', 'verify_checksum', 'sha256_of'
 ]
 
 #: torch's switch that turns ``weights_only`` off for ``torch.load`` calls that do not pass it.
@@ -251,7 +251,8 @@ class ChecksumError(ValueError):
     """A checkpoint's bytes do not match the sha256 prefix its file name carries."""
 
 
-def _sha256(path: str) -> str:
+def sha256_of(path: str) -> str:
+    """The sha256 hex digest of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with open(path, 'rb') as f:
         for chunk in iter(lambda: f.read(1 << 20), b''):
@@ -271,7 +272,7 @@ def verify_checksum(path: str) -> bool:
     match = _HASHED_NAME.search(osp.basename(path))
     if match is None:
         return False
-    expected, actual = match.group(1), _sha256(path)
+    expected, actual = match.group(1), sha256_of(path)
     if not actual.startswith(expected):
         raise ChecksumError(
             f'checkpoint {path} is damaged or was changed: its name says sha256 {expected}..., '
