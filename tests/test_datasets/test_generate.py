@@ -271,6 +271,7 @@ def test_cli_writes_dataset(tmp_path):
     devkit = osp.join(str(tmp_path), 'VOCdevkit')
     assert repr(devkit) in out
     assert 'VOC2007/JPEGImages/: 6 files' in out  # 4 trainval + 2 test by default
+    assert osp.isfile(osp.join(devkit, 'VOC2007', 'ImageSets', 'Main', 'test.txt'))
 
 
 def test_cli_writes_svhn(tmp_path):
@@ -280,4 +281,3 @@ def test_cli_writes_svhn(tmp_path):
     assert './: 3 files' in out
     assert {p.name for p in tmp_path.iterdir()} == {f'{s}_32x32.mat'
                                                     for s in ('train', 'test', 'extra')}
-    assert osp.isfile(osp.join(devkit, 'VOC2007', 'ImageSets', 'Main', 'test.txt'))
