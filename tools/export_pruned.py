@@ -22,7 +22,7 @@ import argparse
 
 from mmengine.config import Config, DictAction
 
-import mmmod  # noqa: F401  registers the backbones; checkpoint allow-list
+import mmmod  # noqa: F401  registers the backbones; safe checkpoint loaders
 from mmmod.analysis.pruning import export_pruned
 
 

@@ -14,7 +14,7 @@ import argparse
 import os
 import os.path as osp
 
-import mmmod  # noqa: F401  registers mmmod's modules; checkpoint allow-list
+import mmmod  # noqa: F401  registers mmmod's modules; safe checkpoint loaders
 from mmengine.runner.checkpoint import get_state_dict, save_checkpoint, weights_to_cpu
 
 from mmmod.engine.bn_recalibration import GATE_MODES, recalibrate_bn

@@ -11,7 +11,7 @@ weights do not fit the config's model is refused (``CheckpointMatchHook``) unles
 """
 import argparse
 
-import mmmod  # noqa: F401  registers mmmod's modules; checkpoint allow-list
+import mmmod  # noqa: F401  registers mmmod's modules; safe checkpoint loaders
 from mmmod.engine.runner import add_common_args, apply_test_args, load_config, run_test
 
 

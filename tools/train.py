@@ -5,7 +5,7 @@
 """
 import argparse
 
-import mmmod  # noqa: F401  registers mmmod's modules; checkpoint allow-list
+import mmmod  # noqa: F401  registers mmmod's modules; safe checkpoint loaders
 from mmmod.engine.runner import add_common_args, apply_train_args, load_config, run_train
 
 
