@@ -33,6 +33,31 @@ def randomize_norms():
     return randomize_norm_stats
 
 
+@pytest.fixture(scope='session')
+def bandit_steps():
+    """``bandit_steps(model, data, loss, steps=3, lr=0.01) -> losses``: SGD steps (Nesterov
+    momentum, weight decay) of a channel-bandit backbone with ChannelBanditHook's own work
+    around each (``begin_step`` / ``end_step``: select, freeze the inactive channels, restore
+    them after the optimizer step, observe); ``loss(model, x, y)`` gives the step's loss."""
+    from mmmod.engine.hooks.channel_bandit_hook import begin_step, end_step
+
+    def run(model, data, loss, steps=3, lr=0.01):
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9,
+                                    weight_decay=1e-2, nesterov=True)
+        losses = []
+        for x, y in data[:steps]:
+            _, saved = begin_step(model, optimizer)
+            value = loss(model, x, y)
+            optimizer.zero_grad()
+            value.backward()
+            optimizer.step()
+            end_step(model, optimizer, saved)
+            losses.append(value.item())
+        return losses
+
+    return run
+
+
 def pytest_configure(config):
     config.addinivalue_line(
         'markers', 'slow: end-to-end runs in subprocesses (minutes on 2 CPU cores); CI runs them')

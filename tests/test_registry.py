@@ -8,7 +8,7 @@ from mmengine.registry import DefaultScope
 from mmengine.registry import MODELS as ROOT_MODELS
 
 import mmmod
-from mmmod.analysis.pruning import gated_channel_cfg
+from mmmod.analysis.pruning import bandit_channel_cfg, gated_channel_cfg
 from mmmod.models import backbones
 
 # Bounds a hung subprocess; no normal run comes near it, even on a loaded machine.
@@ -25,6 +25,11 @@ BACKBONES = {
     'GatedMobileNetV2': dict(),
     'BanditResNet': dict(depth=18),
 }
+# the dynamic-channel-execution hosts, small: VGG-11 with BN (its conv layers need a norm), a
+# 2-stage DenseNet of growth 4
+VGG11 = dict(depth=11, norm_cfg=dict(type='BN'), conv_cfg=dict(type='BiasFreeConv2d'))
+DENSENET = dict(arch=dict(growth_rate=4, depths=[2, 2], init_channels=8))
+BACKBONES.update(BanditVGG=VGG11, BanditDenseNet=DENSENET)
 # Pruned backbones need a channel config: the export of a freshly built data-independent gated
 # network (its gates start ~98% on, so every channel is kept).
 _CHANNELS_R18 = gated_channel_cfg(backbones.GatedResNet(depth=18, gate_type='independent'))
@@ -33,6 +38,12 @@ BACKBONES.update(
     PrunedResNetV1c=dict(depth=18, channel_cfg=_CHANNELS_R18),
     PrunedMobileNetV2=dict(channel_cfg=gated_channel_cfg(
         backbones.GatedMobileNetV2(gate_type='independent'))))
+# ... and the compact export of a bandit host: the channels of a random fixed topology
+BACKBONES.update(
+    PrunedVGG=dict(VGG11, channel_cfg=bandit_channel_cfg(backbones.BanditVGG(**VGG11),
+                                                         by='random')),
+    PrunedDenseNet=dict(DENSENET, channel_cfg=bandit_channel_cfg(
+        backbones.BanditDenseNet(**DENSENET), by='random')))
 
 
 def scope_registry(scope):

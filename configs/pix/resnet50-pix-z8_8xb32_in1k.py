@@ -5,4 +5,4 @@
 # resnet50-pix_8xb32_in1k.py.
 _base_ = './resnet50-pix_8xb32_in1k.py'
 
-model = dict(backbone=dict(zeta=2))
+model = dict(backbone=dict(zeta_multiplier=2))

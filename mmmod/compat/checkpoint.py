@@ -24,8 +24,13 @@ validates what it rebuilds:
   name of the fixed set :data:`STATISTICS` (none begins with ``_``). With a general getattr a
   pickle walks from any allowed object to ``__globals__`` and the builtins, and torch's allowed
   ``_rebuild_from_type_v2`` calls what it finds.
-- ``numpy.dtype``, ``_reconstruct`` and ``scalar`` -> wrappers that refuse every dtype but
-  bool and numbers (an object array unpickles arbitrary objects).
+- ``numpy.ndarray``, ``numpy.dtype``, ``_reconstruct`` and ``scalar`` -> the inert stand-ins
+  of :mod:`mmmod.compat.safe_numpy`: bool and numeric dtypes only (an object array unpickles
+  arbitrary objects), each dtype and array state exactly as numpy writes it (numpy's own
+  objects take any state: a uint8 dtype flagged as holding objects makes an array of it read
+  its bytes as pointers), and ``numpy.ndarray`` only as a name, never called. Neither numpy's
+  dtype classes nor ``numpy.ndarray`` are allow-listed. The loaders return the arrays the
+  stand-ins built (:func:`~mmmod.compat.safe_numpy.resolve`), never a stand-in.
 
 The allow-list is the constant :data:`SAFE_GLOBALS`: no file can extend it. It is in force
 inside :func:`mmengine_checkpoint_loading`, which wraps every loader of mmengine's
@@ -55,6 +60,8 @@ import torch
 from mmengine.logging import HistoryBuffer
 from mmengine.runner.checkpoint import CheckpointLoader
 
+from .safe_numpy import NUMERIC_KINDS, NUMPY_GLOBALS, ArrayStandIn, resolve
+
 __all__ = [
     'UNSAFE_LOAD_ENV', 'STATISTICS', 'ChecksumError', 'SAFE_GLOBALS',
     'mmengine_checkpoint_loading', 'install_checkpoint_loaders',
@@ -72,11 +79,6 @@ assert not any(name.startswith('_') for name in STATISTICS)
 # The instance attributes HistoryBuffer.__getstate__ writes (its __dict__ plus the methods).
 _BUFFER_STATE_KEYS = frozenset(('max_length', '_log_history', '_count_history'))
 _BUFFER_METHODS_KEY = 'statistics_methods'
-# bool, signed/unsigned integers, floats and complex numbers: never object, string or void.
-_NUMERIC_KINDS = frozenset('biufc')
-# numpy 2 moved ``numpy.core`` to ``numpy._core``; a pickle names the module it was written
-# under, so both spellings must resolve to the same functions.
-_MULTIARRAY_MODULES = ('numpy._core.multiarray', 'numpy.core.multiarray')
 # A sha256 prefix in a file name, as publish_model.py and the model zoo write it.
 _HASHED_NAME = re.compile(r'-([0-9a-f]{8,64})\.pth$')
 
@@ -110,10 +112,11 @@ class _HistoryBufferState:
             names = sorted(map(repr, methods)) if isinstance(methods, dict) else methods
             raise _refuse(f'HistoryBuffer statistics {names} (valid: {sorted(STATISTICS)}, '
                           'as their own HistoryBuffer methods)')
-        log, count, max_length = (state['_log_history'], state['_count_history'],
-                                  state['max_length'])
+        # the arrays come as safe_numpy's stand-ins: the arrays they built, or refused
+        log, count, max_length = (resolve(state['_log_history']),
+                                  resolve(state['_count_history']), state['max_length'])
         for name, array in (('_log_history', log), ('_count_history', count)):
-            if type(array) is not np.ndarray or array.dtype.kind not in _NUMERIC_KINDS \
+            if type(array) is not np.ndarray or array.dtype.kind not in NUMERIC_KINDS \
                     or array.ndim != 1:
                 raise _refuse(f'HistoryBuffer.{name} of type {type(array).__name__} '
                               f'{getattr(array, "dtype", "")} (valid: a 1-d numeric ndarray)')
@@ -141,53 +144,21 @@ def history_buffer_getattr(obj, name):
     raise _refuse(f'getattr({obj!r}, {name!r}) (allowed: {allowed})')
 
 
-def _numeric_dtype(dtype: np.dtype) -> np.dtype:
-    if not isinstance(dtype, np.dtype) or dtype.kind not in _NUMERIC_KINDS:
-        raise _refuse(f'numpy dtype {dtype!r} (valid: bool and numeric dtypes)')
-    return dtype
-
-
-def _dtype(*args):
-    """``numpy.dtype`` as the unpickler calls it (``dtype('f8', False, True)``), numbers only."""
-    return _numeric_dtype(np.dtype(*args))
-
-
-def _multiarray():
-    """numpy's multiarray module, wherever this numpy keeps it."""
-    core = getattr(np, '_core', None) or np.core
-    return core.multiarray
-
-
-def _reconstruct(subtype, shape, typecode):
-    """``numpy.core.multiarray._reconstruct``: plain ndarrays only; the dtype comes in BUILD."""
-    if subtype is not np.ndarray:
-        raise _refuse(f'an array of type {subtype!r} (valid: numpy.ndarray)')
-    return _multiarray()._reconstruct(subtype, shape, typecode)
-
-
-def _scalar(dtype, data=None):
-    """``numpy.core.multiarray.scalar``: a numeric scalar from its bytes."""
-    if not isinstance(data, bytes):
-        raise _refuse(f'a numpy scalar from {type(data).__name__} (valid: bytes)')
-    return _multiarray().scalar(_numeric_dtype(dtype), data)
+# Where the unpickler lets BUILD run: on an ArrayStandIn (as on any type among the allowed
+# values). A file names a global as 'module.name', always with a dot: this name, without one, no
+# file can name, so the class is never on a file's stack; ArrayStandIns come from _reconstruct.
+_ARRAY_STAND_IN_NAME = 'mmmod safe_numpy ArrayStandIn (BUILD only, no file can name it)'
+assert '.' not in _ARRAY_STAND_IN_NAME
 
 
 def _safe_globals() -> tuple:
-    # The unpickler sets a dtype's state only on allow-listed types: the concrete numeric dtype
-    # classes (numpy.dtypes.Float64DType, ...). Created through _dtype only, or by name, and
-    # either way numeric.
-    dtype_classes = sorted({type(np.dtype(code)) for code in
-                            '?' + np.typecodes['AllInteger'] + np.typecodes['AllFloat']},
-                           key=str)
-    functions = [(fn, f'{module}.{name}') for module in _MULTIARRAY_MODULES
-                 for fn, name in ((_reconstruct, '_reconstruct'), (_scalar, 'scalar'))]
+    numpy_names = tuple((standin, f'{module}.{name}')
+                        for (module, name), standin in NUMPY_GLOBALS.items())
     return (
         (_HistoryBufferState, 'mmengine.logging.history_buffer.HistoryBuffer'),
         (history_buffer_getattr, 'builtins.getattr'),
-        (_dtype, 'numpy.dtype'),
-        np.ndarray,
-        *dtype_classes,
-        *functions,
+        *numpy_names,
+        (ArrayStandIn, _ARRAY_STAND_IN_NAME),
     )
 
 
@@ -197,34 +168,45 @@ SAFE_GLOBALS = _safe_globals()
 
 # Nested and concurrent loads share one activation: the allow-list goes when the last ends.
 _lock = threading.Lock()
-_active = [0, ()]  # [depth, the entries this activation added]
+# [depth, the user's entries set aside (they answer to names of ours), torch.load replaced]
+_active = [0, (), None]
 
 
 @contextlib.contextmanager
 def mmengine_checkpoint_loading():
     """Allow :data:`SAFE_GLOBALS` for ``torch.load(weights_only=True)`` inside the block.
 
-    Entries the user allow-listed already stay when the block ends. A no-op on torch < 2.6,
-    whose ``torch.load`` does not default to ``weights_only=True``.
+    Inside it, ``torch.load`` (and ``torch.serialization.load``) returns the arrays and dtypes
+    the numpy stand-ins built (:func:`~mmmod.compat.safe_numpy.resolve`), never a stand-in.
+    A user's allow-list entry that answers to one of mmmod's names (``numpy.ndarray``, ...) is
+    set aside while the block runs: torch keeps its allow-list in a set, so which of two
+    entries of one name wins would be chance. Entries the user allow-listed stay when the block
+    ends. A no-op on torch < 2.6, whose ``torch.load`` does not default to
+    ``weights_only=True``.
 
     Example:
         >>> import io
         >>> buffer = io.BytesIO()
-        >>> torch.save(dict(loss=HistoryBuffer([0.5, 0.25], [1, 1])), buffer)
+        >>> torch.save(dict(loss=HistoryBuffer([0.5, 0.25], [1, 1]), ids=np.arange(2)), buffer)
         >>> _ = buffer.seek(0)
         >>> with mmengine_checkpoint_loading():
-        ...     loss = torch.load(buffer, weights_only=True)['loss']
-        >>> float(loss.mean())
-        0.375
+        ...     ckpt = torch.load(buffer, weights_only=True)
+        >>> float(ckpt['loss'].mean()), ckpt['ids']
+        (0.375, array([0, 1]))
     """
     if not hasattr(torch.serialization, 'safe_globals'):
         yield
         return
     with _lock:
         if _active[0] == 0:
-            present = set(map(_key, torch.serialization.get_safe_globals()))
-            _active[1] = tuple(g for g in SAFE_GLOBALS if _key(g) not in present)
-            torch.serialization.add_safe_globals(list(_active[1]))
+            ours = {_name(g) for g in SAFE_GLOBALS}
+            present = torch.serialization.get_safe_globals()
+            _active[1] = tuple(g for g in present if _name(g) in ours)
+            torch.serialization.clear_safe_globals()
+            torch.serialization.add_safe_globals(
+                [g for g in present if _name(g) not in ours] + list(SAFE_GLOBALS))
+            _active[2] = _resolving_load(torch.load), _resolving_load(torch.serialization.load)
+            torch.load, torch.serialization.load = _active[2]
         _active[0] += 1
     try:
         yield
@@ -232,19 +214,39 @@ def mmengine_checkpoint_loading():
         with _lock:
             _active[0] -= 1
             if _active[0] == 0:
-                added = set(map(_key, _active[1]))
+                ours = set(map(_key, SAFE_GLOBALS))
                 kept = [g for g in torch.serialization.get_safe_globals()
-                        if _key(g) not in added]
+                        if _key(g) not in ours]
                 torch.serialization.clear_safe_globals()
-                torch.serialization.add_safe_globals(kept)
-                _active[1] = ()
+                torch.serialization.add_safe_globals(kept + list(_active[1]))
+                # put torch's functions back, unless someone replaced ours meanwhile
+                if torch.load is _active[2][0]:
+                    torch.load = _active[2][0].__wrapped__
+                if torch.serialization.load is _active[2][1]:
+                    torch.serialization.load = _active[2][1].__wrapped__
+                _active[1:] = (), None
+
+
+def _resolving_load(load):
+    """``load``, returning what safe_numpy's stand-ins built instead of the stand-ins."""
+
+    @functools.wraps(load)
+    def resolving_load(*args, **kwargs):
+        return resolve(load(*args, **kwargs))
+
+    return resolving_load
+
+
+def _name(entry) -> str:
+    """The name an allow-list entry answers to."""
+    if isinstance(entry, tuple):
+        return entry[1]
+    return f'{entry.__module__}.{entry.__qualname__}'
 
 
 def _key(entry):
     """An allow-list entry's identity: the name it answers to and the object behind it."""
-    if isinstance(entry, tuple):
-        return entry[1], id(entry[0])
-    return f'{entry.__module__}.{entry.__qualname__}', id(entry)
+    return _name(entry), id(entry[0] if isinstance(entry, tuple) else entry)
 
 
 class ChecksumError(ValueError):
@@ -289,7 +291,8 @@ def _safe_loader(loader, verify: bool):
         if verify and osp.isfile(osp.expanduser(filename)):
             verify_checksum(osp.expanduser(filename))
         with mmengine_checkpoint_loading():
-            return loader(filename, *args, **kwargs)
+            # the arrays, not safe_numpy's stand-ins, also where the loader bypassed torch.load
+            return resolve(loader(filename, *args, **kwargs))
 
     load.mmmod_safe_loader = True
     return load

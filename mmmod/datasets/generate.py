@@ -10,27 +10,37 @@ generator                   read by                                 config
 :func:`make_cityscapes`     ``mmseg.datasets.CityscapesDataset``    mmseg ``cityscapes.py``
 :func:`make_voc`            ``mmdet.datasets.VOCDataset``           mmdet ``voc0712.py``
 :func:`make_svhn`           :class:`mmmod.datasets.SVHN`            ``data_root=..., split=...``
+:func:`make_cifar10`        :class:`mmmod.datasets.SafeCIFAR10`     ``verify_md5=False``
+:func:`make_cifar100`       :class:`mmmod.datasets.SafeCIFAR100`    ``verify_md5=False``
 ==========================  ======================================  ============================
 
 The content is synthetic but learnable: every class has its own colour (and, for ImageNet, its
-own stripe orientation), so a model can fit it in a few iterations and a smoke test can tell a
-working pipeline from a broken one. Everything is drawn from ``numpy.random.default_rng(seed)``,
-so the same arguments write byte-identical files. Existing files with the same names are
-overwritten; other files under ``root`` are left alone.
+own stripe orientation; CIFAR-100's classes are 10 hues times 10 orientations), so a model can
+fit it in a few iterations and a smoke test can tell a working pipeline from a broken one.
+Everything is drawn from ``numpy.random.default_rng(seed)``, so the same arguments write
+byte-identical files. Existing files with the same names are overwritten; other files under
+``root`` are left alone.
 
 All ``image_size`` arguments are ``(H, W)``. Only numpy and Pillow are needed (and scipy, which
-writes SVHN's MATLAB files): the generators do not import mmpretrain, mmseg or mmdet.
+writes SVHN's MATLAB files): the generators do not import mmpretrain, mmseg or mmdet. The CIFAR
+files are python pickles in the official layout but not the official bytes: mmpretrain's
+``CIFAR10`` refuses them (md5); :class:`mmmod.datasets.SafeCIFAR10` reads them with
+``verify_md5=False``.
 """
 import colorsys
 import os
 import os.path as osp
+import pickle
 import xml.etree.ElementTree as ET
 from typing import Callable, Dict, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ['make_imagenet', 'make_cityscapes', 'make_voc', 'make_svhn', 'GENERATORS']
+__all__ = [
+    'make_imagenet', 'make_cityscapes', 'make_voc', 'make_svhn', 'make_cifar10', 'make_cifar100',
+    'GENERATORS'
+]
 
 PathLike = Union[str, os.PathLike]
 
@@ -455,6 +465,169 @@ def make_svhn(root: PathLike,
     return root
 
 
+# ---------------------------------------------------------------------------------------------
+# CIFAR-10 / CIFAR-100
+# ---------------------------------------------------------------------------------------------
+CIFAR10_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse',
+                   'ship', 'truck')
+# The fine classes in label order (alphabetical), as in the official meta file.
+CIFAR100_CLASSES = tuple("""
+    apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus
+    butterfly camel can castle caterpillar cattle chair chimpanzee clock cloud cockroach couch
+    crab crocodile cup dinosaur dolphin elephant flatfish forest fox girl hamster house kangaroo
+    keyboard lamp lawn_mower leopard lion lizard lobster man maple_tree motorcycle mountain
+    mouse mushroom oak_tree orange orchid otter palm_tree pear pickup_truck pine_tree plain
+    plate poppy porcupine possum rabbit raccoon ray road rocket rose sea seal shark shrew skunk
+    skyscraper snail snake spider squirrel streetcar sunflower sweet_pepper table tank
+    telephone television tiger tractor train trout tulip turtle wardrobe whale willow_tree wolf
+    woman worm""".split())
+CIFAR100_SUPERCLASSES = tuple("""
+    aquatic_mammals fish flowers food_containers fruit_and_vegetables
+    household_electrical_devices household_furniture insects large_carnivores
+    large_man-made_outdoor_things large_natural_outdoor_scenes large_omnivores_and_herbivores
+    medium_mammals non-insect_invertebrates people reptiles small_mammals trees vehicles_1
+    vehicles_2""".split())
+# fine label -> coarse label (index into CIFAR100_SUPERCLASSES), five fine classes each.
+CIFAR100_COARSE = (4, 1, 14, 8, 0, 6, 7, 7, 18, 3, 3, 14, 9, 18, 7, 11, 3, 9, 7, 11,
+                   6, 11, 5, 10, 7, 6, 13, 15, 3, 15, 0, 11, 1, 10, 12, 14, 16, 9, 11, 5,
+                   5, 19, 8, 8, 15, 13, 14, 17, 18, 10, 16, 4, 17, 4, 2, 0, 17, 4, 18, 17,
+                   10, 3, 2, 12, 12, 16, 12, 1, 9, 19, 2, 10, 0, 1, 16, 12, 9, 13, 15, 13,
+                   16, 19, 2, 4, 6, 19, 5, 5, 8, 19, 18, 1, 2, 15, 6, 0, 17, 8, 14, 13)
+CIFAR10_TRAIN_BATCHES = 5  # data_batch_1..5, as in the official archive
+
+
+def _cifar_image(rng: np.random.Generator, label: int, num_classes: int) -> np.ndarray:
+    """A (32, 32, 3) uint8 image: hue from ``label % 10``, stripe orientation from
+    ``label // 10``, so CIFAR-100's classes differ in one or the other (CIFAR-10: in hue)."""
+    rows = -(-num_classes // 10)  # groups of 10 hues
+    yy, xx = np.mgrid[0:32, 0:32] / 32  # (32, 32) each, in [0, 1)
+    theta = np.pi * (label // 10) / rows
+    phase = rng.uniform(0, 2 * np.pi)
+    stripes = 0.5 + 0.5 * np.sin(2 * np.pi * 3 * (xx * np.cos(theta) + yy * np.sin(theta))
+                                 + phase)  # (32, 32)
+    colour = np.array(colorsys.hsv_to_rgb((label % 10) / 10, 0.8, 0.9)) * 255  # (3,)
+    img = (0.35 + 0.65 * stripes[..., None]) * colour * rng.uniform(0.6, 1.0)  # (32, 32, 3)
+    return _to_uint8(img + rng.normal(0, 8, img.shape))
+
+
+def _cifar_rows(images: np.ndarray) -> np.ndarray:
+    """(N, 32, 32, 3) RGB -> (N, 3072) rows: 1024 R, 1024 G, 1024 B values, row-major."""
+    return np.ascontiguousarray(images.transpose(0, 3, 1, 2).reshape(len(images), -1))
+
+
+def _dump(entry: dict, path: str) -> None:
+    # Protocol 2, as the official files; str keys, because upstream reads them as
+    # entry['data']: the originals come from Python 2, whose str keys load as str under
+    # encoding='latin1' (Python 3 bytes at protocol 2 would load as bytes).
+    with open(path, 'wb') as f:
+        pickle.dump(entry, f, protocol=2)
+
+
+def _make_cifar(root: PathLike, num_classes: int, num_train_per_class: int,
+                num_test_per_class: int, seed: int) -> str:
+    """The files of :func:`make_cifar10` (10 classes) or :func:`make_cifar100` (100)."""
+    if num_train_per_class < 1 or num_test_per_class < 1:
+        raise ValueError(f'num_train_per_class and num_test_per_class must be >= 1, got '
+                         f'{num_train_per_class} and {num_test_per_class}')
+    cifar10 = num_classes == 10
+    classes = CIFAR10_CLASSES if cifar10 else CIFAR100_CLASSES
+    folder = osp.join(os.fspath(root), 'cifar-10-batches-py' if cifar10 else 'cifar-100-python')
+    os.makedirs(folder, exist_ok=True)
+
+    def split(index: int, per_class: int):
+        # The official batches are in random class order: shuffle the labels.
+        rng = np.random.default_rng([seed, index])
+        labels = rng.permutation(np.repeat(np.arange(num_classes), per_class))  # (N,)
+        images = np.stack([_cifar_image(rng, int(c), num_classes) for c in labels])
+        names = [f'{classes[c]}_s_{i + 1:06d}.png' for i, c in enumerate(labels.tolist())]
+        return _cifar_rows(images), labels.tolist(), names  # (N, 3072) uint8, N ints, N names
+
+    train, test = split(0, num_train_per_class), split(1, num_test_per_class)
+    if cifar10:
+        batches = [(f'data_batch_{b + 1}', f'training batch {b + 1} of '
+                    f'{CIFAR10_TRAIN_BATCHES}', part)
+                   for b, part in enumerate(np.array_split(np.arange(len(train[1])),
+                                                           CIFAR10_TRAIN_BATCHES))]
+        batches.append(('test_batch', 'testing batch 1 of 1', None))
+        for name, batch_label, rows in batches:
+            data, labels, names = test if rows is None else (
+                train[0][rows], [train[1][i] for i in rows], [train[2][i] for i in rows])
+            _dump(dict(batch_label=batch_label, labels=labels, data=data, filenames=names),
+                  osp.join(folder, name))
+        _dump(dict(num_cases_per_batch=len(batches[0][2]), label_names=list(classes),
+                   num_vis=32 * 32 * 3), osp.join(folder, 'batches.meta'))
+    else:
+        for name, batch_label, (data, labels, names) in (
+                ('train', 'training batch 1 of 1', train), ('test', 'testing batch 1 of 1', test)):
+            _dump(dict(filenames=names, batch_label=batch_label, fine_labels=labels,
+                       coarse_labels=[CIFAR100_COARSE[c] for c in labels], data=data),
+                  osp.join(folder, name))
+        _dump(dict(fine_label_names=list(classes),
+                   coarse_label_names=list(CIFAR100_SUPERCLASSES)), osp.join(folder, 'meta'))
+    return os.fspath(root)
+
+
+def make_cifar10(root: PathLike,
+                 num_train_per_class: int = 5,
+                 num_test_per_class: int = 2,
+                 seed: int = 0) -> str:
+    """Write CIFAR-10's python files (:class:`mmmod.datasets.SafeCIFAR10`) with synthetic
+    32x32 images.
+
+    Layout, as extracted from cifar-10-python.tar.gz::
+
+        root/cifar-10-batches-py/
+        ├── data_batch_1 ... data_batch_5   training images, split evenly, classes shuffled
+        ├── test_batch
+        └── batches.meta                    label_names, num_cases_per_batch, num_vis
+
+    A batch is a pickled dict (protocol 2) with ``data`` (N, 3072) uint8, ``labels`` (N ints
+    0..9), ``filenames`` and ``batch_label``, as the official files. Class ``c`` has its own
+    hue. The bytes are not the official ones: read them with ``verify_md5=False``.
+
+    Args:
+        root: Directory to write ``cifar-10-batches-py/`` into (the ``data_root``).
+        num_train_per_class: Training images per class (all five batches hold some from 1 on).
+        num_test_per_class: Test images per class.
+        seed: Seed of the random content.
+
+    Returns:
+        str: ``root``, the ``data_root`` to configure.
+    """
+    return _make_cifar(root, 10, num_train_per_class, num_test_per_class, seed)
+
+
+def make_cifar100(root: PathLike,
+                  num_train_per_class: int = 2,
+                  num_test_per_class: int = 1,
+                  seed: int = 0) -> str:
+    """Write CIFAR-100's python files (:class:`mmmod.datasets.SafeCIFAR100`) with synthetic
+    32x32 images.
+
+    Layout, as extracted from cifar-100-python.tar.gz::
+
+        root/cifar-100-python/
+        ├── train    filenames, batch_label, fine_labels, coarse_labels, data (N, 3072) uint8
+        ├── test
+        └── meta     fine_label_names (100), coarse_label_names (20)
+
+    ``coarse_labels`` are the real superclasses of the fine labels. Class ``c`` has the hue of
+    ``c % 10`` and the stripe orientation of ``c // 10``. The bytes are not the official ones:
+    read them with ``verify_md5=False``.
+
+    Args:
+        root: Directory to write ``cifar-100-python/`` into (the ``data_root``).
+        num_train_per_class: Training images per fine class.
+        num_test_per_class: Test images per fine class.
+        seed: Seed of the random content.
+
+    Returns:
+        str: ``root``, the ``data_root`` to configure.
+    """
+    return _make_cifar(root, 100, num_train_per_class, num_test_per_class, seed)
+
+
 #: Generators by the dataset name ``tools/misc/generate_data.py`` takes.
 GENERATORS: Dict[str, Callable[..., str]] = dict(
-    imagenet=make_imagenet, cityscapes=make_cityscapes, voc=make_voc, svhn=make_svhn)
+    imagenet=make_imagenet, cityscapes=make_cityscapes, voc=make_voc, svhn=make_svhn,
+    cifar10=make_cifar10, cifar100=make_cifar100)

@@ -85,7 +85,7 @@ def test_closed_gates_cost_less_and_match_the_minimal_blocks():
     # only the always-on groups run: the block cost at those channel counts
     minimal = sum(float(b.flops({p: torch.tensor([float(min(g.channels,
                                                             g.always_on * g.group_size))])
-                                 for p, g in b.gates.items()})[0]) for b in blocks)
+                                 for p, g in b.channel_gates.items()})[0]) for b in blocks)
     assert result['gated_macs'] == pytest.approx(minimal)
     assert result['macs'] < result['full_macs']
 

@@ -34,7 +34,7 @@ def set_position(block, pos: str, on: bool) -> None:
     """All learned gates of ``pos`` of an independent-gate block on or off."""
     start = 0
     for p in block.gate_positions:
-        n = block.gates[p].num_gates
+        n = block.channel_gates[p].num_gates
         if p == pos:
             with torch.no_grad():
                 block.gate.logits[start:start + n] = torch.tensor([0., 5.] if on else [5., 0.])
@@ -91,7 +91,8 @@ def test_pruned_equals_thresholded_gated(build_gated, case, seed):
         for pos, on in positions.items():
             block = dict(iter_gated_blocks(gated))[name]
             kept = len(channels['blocks'][name][pos])
-            assert kept == (block.gates[pos].channels if on else block.gates[pos].group_size)
+            gate = block.channel_gates[pos]
+            assert kept == (gate.channels if on else gate.group_size)
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         expected, got = gated(x), pruned(x)

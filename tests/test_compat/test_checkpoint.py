@@ -7,6 +7,7 @@ import hashlib
 import io
 import os
 import pickle
+import re
 import subprocess
 import sys
 import textwrap
@@ -16,10 +17,10 @@ import numpy as np
 import pytest
 import torch
 from mmengine.evaluator import BaseMetric
-from mmengine.logging import HistoryBuffer
+from mmengine.logging import HistoryBuffer, MessageHub
 from mmengine.model import BaseModel
 from mmengine.runner import Runner
-from mmengine.runner.checkpoint import CheckpointLoader, _load_checkpoint
+from mmengine.runner.checkpoint import CheckpointLoader, _load_checkpoint, save_checkpoint
 from torch import nn
 
 from mmmod.compat import (SAFE_GLOBALS, UNSAFE_LOAD_ENV, ChecksumError,
@@ -120,6 +121,33 @@ class PickleWriter:
     def string(self, text):
         data = text.encode()
         self.op(pickle.BINUNICODE + len(data).to_bytes(4, 'little') + data)
+
+    def int(self, value):
+        self.op(pickle.BININT + value.to_bytes(4, 'little', signed=True))
+
+    def bytes(self, data):
+        """``_codecs.encode(text, 'latin1')``: how protocol 2 writes bytes (torch's unpickler
+        reads no bytes opcode)."""
+        return self.call(lambda: self.glob('_codecs', 'encode'),
+                         lambda: self.string(data.decode('latin1')),
+                         lambda: self.string('latin1'))
+
+    def tuple(self, *pushes):
+        self.op(pickle.MARK)
+        for push in pushes:
+            push()
+        self.op(pickle.TUPLE)
+
+    def value(self, value):
+        """Push a None, bool, int or str."""
+        if value is None:
+            self.op(pickle.NONE)
+        elif type(value) is bool:
+            self.op(pickle.NEWTRUE if value else pickle.NEWFALSE)
+        elif type(value) is int:
+            self.int(value)
+        else:
+            self.string(value)
 
     def keep(self) -> int:
         """Memoize the top of the stack; returns its memo index. (It stays on the stack:
@@ -226,6 +254,170 @@ def crafted_setstate_escape(marker) -> bytes:
     eval_ = rebuild(getitem, builtin_type, lambda: w.string('eval'))
     result = rebuild(eval_, type_, lambda: w.string(f'__import__("os").mkdir({str(marker)!r})'))
     return w.data(result)
+
+
+# What numpy writes for a uint8 dtype, and the same with the flags of an object dtype (which numpy
+# accepts in ``dtype.__setstate__``: then an array of it reads its bytes as object pointers).
+U1_STATE = np.dtype('u1').__reduce__()[2]
+OBJECT_FLAGS_U1_STATE = U1_STATE[:-1] + (np.dtype(object).flags, )
+MULTIARRAY = np.zeros(1).__reduce__()[0].__module__  # the spelling this numpy writes
+
+
+def push_dtype(w, code, state=None):
+    """``numpy.dtype(code, False, True)``, then BUILD with ``state`` (numpy's own if None)."""
+    dtype = w.call(lambda: w.glob('numpy', 'dtype'), lambda: w.string(code),
+                   lambda: w.value(False), lambda: w.value(True))
+    state = np.dtype(code).__reduce__()[2] if state is None else state
+    w.tuple(*(lambda v=v: w.value(v) for v in state))
+    w.op(pickle.BUILD)
+    return dtype
+
+
+def push_array(w, shape, code, raw, dtype_state=None):
+    """An array as numpy pickles it: ``_reconstruct(ndarray, (0,), b'b')``, BUILD
+    ``(1, shape, dtype, False, raw)``."""
+    array = w.call(lambda: w.glob(MULTIARRAY, '_reconstruct'), lambda: w.glob('numpy', 'ndarray'),
+                   lambda: w.tuple(lambda: w.int(0)), lambda: w.bytes(b'b'))
+    w.tuple(lambda: w.int(1), lambda: w.tuple(*(lambda n=n: w.int(n) for n in shape)),
+            lambda: push_dtype(w, code, dtype_state), lambda: w.value(False),
+            lambda: w.bytes(raw))
+    w.op(pickle.BUILD)
+    return array
+
+
+def crafted_object_flags_dtype() -> bytes:
+    """A uint8 dtype whose BUILD state marks it as holding Python objects."""
+    w = PickleWriter()
+    return w.data(push_dtype(w, 'u1', OBJECT_FLAGS_U1_STATE))
+
+
+def crafted_object_flags_array() -> bytes:
+    """The attack itself: an array of that dtype, its 8 bytes read as an object pointer."""
+    w = PickleWriter()
+    return w.data(push_array(w, (8, ), 'u1', bytes(8), OBJECT_FLAGS_U1_STATE))
+
+
+# The dtype handling mmmod shipped before: numeric-only numpy.dtype, and numpy.ndarray and the
+# concrete numeric dtype classes allow-listed (so that BUILD set a dtype's state).
+PREVIOUS_DTYPE_ALLOW_LIST = '''
+import numpy as np
+import torch
+
+def previous_dtype(*args):
+    dtype = np.dtype(*args)
+    if dtype.kind not in 'biufc':
+        raise RuntimeError(f'refused {dtype}')
+    return dtype
+
+dtype_classes = sorted({type(np.dtype(code)) for code in
+                        '?' + np.typecodes['AllInteger'] + np.typecodes['AllFloat']}, key=str)
+previous = [(previous_dtype, 'numpy.dtype'), np.ndarray, *dtype_classes]
+'''
+
+
+def test_object_flags_dtype_built_under_previous_allow_list(tmp_path):
+    """The crafted dtype is a real hole of the scheme this module replaced: it loads as a uint8
+    dtype that holds objects. (Only the dtype: an array of it would corrupt the heap.)"""
+    path = as_checkpoint(tmp_path / 'flags.pth', crafted_object_flags_dtype())
+    proc = _run_python(PREVIOUS_DTYPE_ALLOW_LIST + f'''
+with torch.serialization.safe_globals(previous):
+    dtype = torch.load({str(path)!r}, weights_only=True)
+print(type(dtype).__name__, dtype.str, dtype.hasobject)
+''')
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ['UInt8DType', '|u1', 'True']
+
+
+@pytest.mark.parametrize('crafted', [crafted_object_flags_dtype, crafted_object_flags_array])
+@pytest.mark.parametrize('through', ['mmengine', 'torch.load'])
+def test_object_flags_dtype_refused(crafted, through, tmp_path, unchanged_process_state):
+    path = as_checkpoint(tmp_path / 'flags.pth', crafted())
+    match = (rf'the state {re.escape(repr(OBJECT_FLAGS_U1_STATE))} of numpy\.dtype\(\'\|u1\'\) '
+             rf'is refused \(numpy writes {re.escape(repr(U1_STATE))}\)')
+    with pytest.raises(pickle.UnpicklingError, match=match):
+        if through == 'mmengine':
+            _load_checkpoint(str(path), map_location='cpu')
+        else:
+            with mmengine_checkpoint_loading():
+                torch.load(path, weights_only=True)
+
+
+def crafted_ndarray_call(opcode) -> bytes:
+    """``numpy.ndarray((2,), 'O')`` by REDUCE, or ``numpy.ndarray.__new__`` by NEWOBJ."""
+    w = PickleWriter()
+    if opcode == 'reduce':
+        return w.data(w.call(lambda: w.glob('numpy', 'ndarray'),
+                             lambda: w.tuple(lambda: w.int(2)), lambda: w.string('O')))
+    w.glob('numpy', 'ndarray')
+    w.tuple(lambda: w.tuple(lambda: w.int(2)), lambda: w.string('O'))
+    w.op(pickle.NEWOBJ)
+    return w.data(w.keep())
+
+
+@pytest.mark.parametrize('opcode, match', [('reduce', r"numpy\.ndarray\(\(2,\), 'O'\) is refused"),
+                                           ('newobj', r'numpy\.ndarray\.__new__.* is refused')])
+def test_ndarray_not_callable(opcode, match, unchanged_process_state):
+    with pytest.raises(pickle.UnpicklingError, match=match):
+        _load_bytes(_as_checkpoint_bytes(crafted_ndarray_call(opcode)))
+
+
+def _as_checkpoint_bytes(pickled: bytes) -> bytes:
+    buffer = io.BytesIO()
+    as_checkpoint(buffer, pickled)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize('raw', [b'\x01', b'\x01\x02\x03'])
+def test_ndarray_data_must_match_shape(raw, unchanged_process_state):
+    """numpy writes exactly prod(shape) * itemsize bytes."""
+    w = PickleWriter()
+    pickled = w.data(push_array(w, (2, ), 'u1', raw))
+    with pytest.raises(pickle.UnpicklingError, match=rf'an ndarray of shape \(2,\) uint8 with '
+                       rf'{len(raw)} bytes of data is refused \(needs 2\)'):
+        _load_bytes(_as_checkpoint_bytes(pickled))
+
+
+def test_crafted_arrays_as_numpy_writes_them_load(unchanged_process_state):
+    """The writer above writes what numpy writes: the same file with numpy's states loads."""
+    w = PickleWriter()
+    array = _load_bytes(_as_checkpoint_bytes(w.data(push_array(w, (2, ), 'i2', b'\x01\x00' * 2))))
+    assert type(array) is np.ndarray and array.dtype == np.int16 and array.tolist() == [1, 1]
+
+
+@pytest.mark.parametrize('name', ['ArrayStandIn', 'DtypeStandIn', 'reconstruct', 'NDARRAY'])
+def test_stand_ins_not_nameable_by_their_module_path(name, unchanged_process_state):
+    """A file naming safe_numpy's objects themselves gets nothing: only numpy's names
+    resolve to them (and the array stand-in answers to a name without a dot, which no GLOBAL
+    spells)."""
+    w = PickleWriter()
+    w.glob('mmmod.compat.safe_numpy', name)
+    with pytest.raises(pickle.UnpicklingError, match='Unsupported global'):
+        _load_bytes(_as_checkpoint_bytes(w.data(w.keep())))
+
+
+def test_array_without_state_refused(unchanged_process_state):
+    w = PickleWriter()
+    array = w.call(lambda: w.glob(MULTIARRAY, '_reconstruct'), lambda: w.glob('numpy', 'ndarray'),
+                   lambda: w.tuple(lambda: w.int(0)), lambda: w.bytes(b'b'))
+    with pytest.raises(pickle.UnpicklingError, match='an ndarray without its state is refused'):
+        _load_bytes(_as_checkpoint_bytes(w.data(array)))
+
+
+def test_allow_list_holds_no_numpy_object():
+    """numpy's own classes would take a file's state (dtype classes) or build arrays unchecked
+    (ndarray): none is allow-listed."""
+    objects = [g[0] if isinstance(g, tuple) else g for g in SAFE_GLOBALS]
+    assert not any(obj is np.ndarray or obj is np.dtype or
+                   isinstance(obj, type) and issubclass(obj, (np.ndarray, np.dtype, np.generic))
+                   for obj in objects)
+    assert not any(getattr(obj, '__module__', '').startswith('numpy') for obj in objects)
+
+
+def test_context_restores_torch_load(unchanged_process_state):
+    original = torch.load, torch.serialization.load
+    with mmengine_checkpoint_loading():
+        assert torch.load is not original[0]
+    assert (torch.load, torch.serialization.load) == original
 
 
 # The allow-list mmmod shipped before: the real HistoryBuffer, and a getattr that reads its
@@ -374,8 +566,8 @@ def test_numeric_numpy_values_load(unchanged_process_state):
 def test_allow_list_covers_what_runner_writes(runner_checkpoint):
     """The globals beyond torch's defaults, found in a Runner checkpoint, are allow-listed.
 
-    (The concrete dtype classes are no globals in the pickle; the unpickler checks them when
-    it sets a dtype's state, which test_mmengine_loader_reads_runner_checkpoint covers.)
+    (A dtype's and an array's state are set on safe_numpy's stand-ins, which
+    test_mmengine_loader_reads_runner_checkpoint covers.)
     """
     needed = set(torch.serialization.get_unsafe_globals_in_checkpoint(str(runner_checkpoint)))
     multiarray = np.zeros(1).__reduce__()[0].__module__  # the spelling this numpy writes
@@ -492,6 +684,50 @@ def test_other_numpy_spelling_loads():
     other = spellings[1 - spellings.index(written)]
     hist = _load_bytes(data.replace(written, other))['hist']
     np.testing.assert_array_equal(hist.data[0], [1.0, 2.0])
+
+
+def test_message_hub_round_trips(tmp_path, unchanged_process_state):
+    """A real mmengine checkpoint with a MessageHub state: HistoryBuffers of float64 and int
+    arrays, numpy scalars and arrays in the runtime info come back equal, of the same dtypes."""
+    hub = MessageHub.get_instance(f'round_trip_{os.getpid()}')
+    hub.update_scalar('train/loss', 0.5)
+    hub.update_scalar('train/loss', 0.25, count=2)
+    # update_scalar appends to float64 arrays: an int buffer as a custom logger keeps one
+    hub.log_scalars['train/int'] = HistoryBuffer(np.array([3, 4], np.int64),
+                                                 np.array([1, 2], np.int32))
+    hub._resumed_keys['train/int'] = True
+    info = dict(best_score=np.float64(0.75), epoch=np.int32(7), flag=np.bool_(True),
+                weights=np.asfortranarray(np.arange(6, dtype=np.float32).reshape(2, 3)),
+                big_endian=np.arange(3, dtype='>i4'), zero_d=np.array(1.5, np.float16),
+                pairs=[(np.int8(1), np.uint16(2))])
+    for key, value in info.items():
+        hub.update_info(key, value)
+    path = tmp_path / 'hub.pth'
+    save_checkpoint(dict(meta=dict(iter=2), message_hub=hub.state_dict()), str(path))
+
+    ckpt = _load_checkpoint(str(path), map_location='cpu')
+    scalars = ckpt['message_hub']['log_scalars']
+    for key in ('train/loss', 'train/int'):
+        saved, loaded = hub.get_scalar(key), scalars[key]
+        assert type(loaded) is HistoryBuffer and loaded.max_length == saved.max_length
+        for before, after in zip(saved.data, loaded.data):
+            assert type(after) is np.ndarray and after.dtype == before.dtype
+            np.testing.assert_array_equal(after, before)
+    assert scalars['train/int'].data[0].dtype == np.int64
+    assert float(scalars['train/loss'].mean()) == float(hub.get_scalar('train/loss').mean())
+    runtime_info = ckpt['message_hub']['runtime_info']
+    for key, value in info.items():
+        assert type(runtime_info[key]) is type(value), key
+        np.testing.assert_array_equal(runtime_info[key], value)
+    weights = runtime_info['weights']
+    assert weights.dtype == np.float32 and weights.flags.f_contiguous and weights.flags.writeable
+    assert runtime_info['big_endian'].dtype == np.dtype('>i4')
+    assert [tuple(map(type, pair)) for pair in runtime_info['pairs']] == [(np.int8, np.uint16)]
+
+    restored = MessageHub.get_instance(f'restored_{os.getpid()}')
+    restored.load_state_dict(ckpt['message_hub'])
+    assert float(restored.get_scalar('train/loss').current()) == 0.25
+    assert restored.get_info('best_score') == 0.75
 
 
 # --- checksums -----------------------------------------------------------------------------

@@ -13,8 +13,10 @@ from mmengine.registry import DefaultScope, init_default_scope
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CONFIGS = osp.join(REPO, 'configs')
+# ``_base_`` folders hold config parts (a model, a dataset, a schedule), not runnable configs.
 ALL_CONFIGS = sorted(
-    osp.relpath(p, REPO) for p in glob.glob(osp.join(CONFIGS, '**', '*.py'), recursive=True))
+    osp.relpath(p, REPO) for p in glob.glob(osp.join(CONFIGS, '**', '*.py'), recursive=True)
+    if '_base_' not in p.split(osp.sep))
 # Paths kept for users and docs; each only inherits the config it names.
 ALIASES = {
     'configs/fcn_r86mod_cityscapes.py':
@@ -49,11 +51,20 @@ def _models_registry(scope):
 
 def _exported_channel_cfg(backbone):
     """Pruned backbones read the channel JSON tools/export_pruned.py writes from a trained
-    gated model; here it is exported from a gated network of the same depth whose independent
-    gate logits are random (seed 0), so some groups of every position are off."""
-    from mmmod.analysis.pruning import gated_channel_cfg
+    model. Here it comes from the same architecture built fresh: a data-independent gated
+    ResNet whose gate logits are random (seed 0), so some groups of every position are off, or,
+    for the export of a dynamic-channel-execution run (the -ft configs), the channel bandit of
+    that architecture with a random fixed topology."""
+    from mmmod.analysis.pruning import bandit_channel_cfg, gated_channel_cfg
     from mmmod.models.backbones import GatedResNet
+    from mmmod.registry import MODELS
     assert str(backbone.channel_cfg).endswith('_channels.json'), backbone.channel_cfg
+    bandits = {cls.pruned_type: cls for cls in MODELS.module_dict.values()
+               if getattr(cls, 'pruned_type', '')}
+    arch = {k: v for k, v in backbone.items() if k not in ('type', 'channel_cfg')}
+    torch.manual_seed(0)
+    if '-dce-' in osp.basename(backbone.channel_cfg):  # configs/dce/ names its runs so
+        return bandit_channel_cfg(bandits[backbone.type](**arch), by='random')
     gated = GatedResNet(depth=backbone.depth, gate_type='independent')
     generator = torch.Generator().manual_seed(0)
     for name, param in gated.named_parameters():

@@ -3,6 +3,7 @@ import collections
 import importlib
 import os
 import os.path as osp
+import pickle
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -12,7 +13,8 @@ import pytest
 from mmengine.registry import DefaultScope
 from PIL import Image
 
-from mmmod.datasets import make_cityscapes, make_imagenet, make_svhn, make_voc
+from mmmod.datasets import (make_cifar10, make_cifar100, make_cityscapes, make_imagenet,
+                            make_svhn, make_voc)
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
@@ -281,3 +283,105 @@ def test_cli_writes_svhn(tmp_path):
     assert './: 3 files' in out
     assert {p.name for p in tmp_path.iterdir()} == {f'{s}_32x32.mat'
                                                     for s in ('train', 'test', 'extra')}
+
+
+# ---------------------------------------------------------------------------------------------
+# CIFAR-10 / CIFAR-100
+# ---------------------------------------------------------------------------------------------
+def read_pickle(path):
+    with open(path, 'rb') as f:
+        assert f.read(2) == b'\x80\x02'  # protocol 2, as the official files
+        f.seek(0)
+        return pickle.load(f, encoding='latin1')  # as mmpretrain reads them (our own files)
+
+
+def test_cifar10_official_layout(tmp_path):
+    from mmpretrain.datasets.categories import CIFAR10_CATEGORIES
+    root = make_cifar10(tmp_path, num_train_per_class=3, num_test_per_class=2)
+    folder = osp.join(root, 'cifar-10-batches-py')
+    batches = [f'data_batch_{i}' for i in range(1, 6)]
+    assert sorted(os.listdir(folder)) == sorted(batches + ['test_batch', 'batches.meta'])
+    labels = []
+    for i, name in enumerate(batches, start=1):
+        entry = read_pickle(osp.join(folder, name))
+        assert entry.keys() == {'batch_label', 'labels', 'data', 'filenames'}
+        assert entry['batch_label'] == f'training batch {i} of 5'
+        assert entry['data'].dtype == np.uint8 and entry['data'].shape == (6, 3072)
+        assert len(entry['labels']) == len(entry['filenames']) == 6
+        assert all(type(label) is int for label in entry['labels'])
+        labels += entry['labels']
+    assert collections.Counter(labels) == {c: 3 for c in range(10)}
+    test = read_pickle(osp.join(folder, 'test_batch'))
+    assert test['batch_label'] == 'testing batch 1 of 1' and test['data'].shape == (20, 3072)
+    assert collections.Counter(test['labels']) == {c: 2 for c in range(10)}
+    meta = read_pickle(osp.join(folder, 'batches.meta'))
+    assert meta == dict(num_cases_per_batch=6, label_names=list(CIFAR10_CATEGORIES),
+                        num_vis=3072)
+
+
+def test_cifar100_official_layout(tmp_path):
+    from mmpretrain.datasets.categories import CIFAR100_CATEGORIES
+    root = make_cifar100(tmp_path, num_train_per_class=2, num_test_per_class=1)
+    folder = osp.join(root, 'cifar-100-python')
+    assert sorted(os.listdir(folder)) == ['meta', 'test', 'train']
+    meta = read_pickle(osp.join(folder, 'meta'))
+    assert meta.keys() == {'fine_label_names', 'coarse_label_names'}
+    assert meta['fine_label_names'] == list(CIFAR100_CATEGORIES)
+    coarse_names = meta['coarse_label_names']
+    assert len(coarse_names) == 20 and coarse_names[0] == 'aquatic_mammals'
+    for name, num in (('train', 200), ('test', 100)):
+        entry = read_pickle(osp.join(folder, name))
+        assert entry.keys() == {'filenames', 'batch_label', 'fine_labels', 'coarse_labels',
+                                'data'}
+        assert entry['data'].dtype == np.uint8 and entry['data'].shape == (num, 3072)
+        assert collections.Counter(entry['fine_labels']) == {c: num // 100 for c in range(100)}
+        # every superclass has five fine classes, and a few known ones (CIFAR's page)
+        pairs = set(zip(entry['fine_labels'], entry['coarse_labels']))
+        assert len(pairs) == 100
+        assert collections.Counter(coarse for _, coarse in pairs) == {c: 5 for c in range(20)}
+        fine = {CIFAR100_CATEGORIES[f]: coarse_names[c] for f, c in pairs}
+        assert fine['beaver'] == fine['whale'] == 'aquatic_mammals'
+        assert fine['maple_tree'] == 'trees' and fine['tractor'] == 'vehicles_2'
+
+
+def test_cifar10_classes_are_separable(tmp_path):
+    """Nearest class mean of the mean colour classifies every test image: there is signal."""
+    folder = osp.join(make_cifar10(tmp_path, num_train_per_class=4), 'cifar-10-batches-py')
+
+    def features(names):
+        entries = [read_pickle(osp.join(folder, name)) for name in names]
+        rows = np.concatenate([e['data'] for e in entries]).astype(float)  # (N, 3072)
+        return (rows.reshape(len(rows), 3, -1).mean(-1),  # (N, 3) mean R, G, B
+                np.array(sum((e['labels'] for e in entries), [])))
+
+    x_train, y_train = features([f'data_batch_{i}' for i in range(1, 6)])
+    x_test, y_test = features(['test_batch'])
+    means = np.stack([x_train[y_train == c].mean(0) for c in range(10)])  # (10, 3)
+    assert (((x_test[:, None] - means[None]) ** 2).sum(-1).argmin(1) == y_test).all()
+
+
+@pytest.mark.parametrize('make', [make_cifar10, make_cifar100], ids=lambda f: f.__name__)
+def test_cifar_same_seed_same_bytes(tmp_path, make):
+    trees = [read_tree(make(tmp_path / name, num_train_per_class=1, seed=seed))
+             for name, seed in (('a', 5), ('b', 5), ('c', 6))]
+    assert trees[0] == trees[1]
+    assert trees[0].keys() == trees[2].keys()
+    batches = [k for k in trees[0] if not k.endswith('meta')]
+    assert batches and all(trees[0][k] != trees[2][k] for k in batches)
+
+
+def test_cifar_rejects_no_images(tmp_path):
+    with pytest.raises(ValueError, match=r'num_train_per_class and num_test_per_class must be '
+                       r'>= 1, got 0 and 2'):
+        make_cifar10(tmp_path, num_train_per_class=0)
+
+
+@pytest.mark.parametrize('name, folder, files', [
+    ('cifar10', 'cifar-10-batches-py', 7), ('cifar100', 'cifar-100-python', 3)])
+def test_cli_writes_cifar(tmp_path, name, folder, files):
+    out = subprocess.run(
+        [sys.executable, osp.join('tools', 'misc', 'generate_data.py'), name, str(tmp_path)],
+        cwd=REPO_ROOT, capture_output=True, text=True, check=True, timeout=30 * 60).stdout
+    assert repr(str(tmp_path)) in out
+    assert f'{folder}/: {files} files' in out
+    assert os.listdir(tmp_path) == [folder]

@@ -1,7 +1,8 @@
 """Dynamic channel execution end to end: the ResNet-50 CUCB config on generated SVHN through
 tools/train.py (a few iterations, the bandit's state in the checkpoints and the log), resumed
-from a checkpoint to the same bandit state an uninterrupted run reaches, and tools/test.py on
-the result."""
+from a checkpoint to the same bandit state an uninterrupted run reaches, tools/test.py on the
+result, its compact export (tools/export_pruned.py) fine-tuned by the -ft config and tested, and
+single-stage training (the topology fixed after the first epoch)."""
 import glob
 import json
 import os.path as osp
@@ -15,6 +16,8 @@ pytestmark = pytest.mark.slow
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CONFIG = 'configs/dce/resnet50-dce-p30_1xb64_svhn.py'
+FINE_TUNE = 'configs/dce/resnet50-dce-p30-ft_1xb64_svhn.py'
+SINGLE_STAGE = 'configs/dce/resnet50-dce-p30-single_1xb64_svhn.py'
 # 8 train + 4 extra images, batch 4: 3 iterations an epoch; tiny widths keep it fast. No
 # augmentation: the crops and flips draw from numpy's global generator, whose state mmengine's
 # resume does not restore, so a resumed run would see other crops than an uninterrupted one.
@@ -28,9 +31,10 @@ test_dataloader = val_dataloader
 train_cfg = dict(max_epochs={epochs})
 default_hooks = dict(checkpoint=dict(type='CheckpointHook', interval=1),
                      logger=dict(type='LoggerHook', interval=1))
-custom_hooks = [dict(type='ChannelBanditHook', log_interval=1)]
+{hooks}
 randomness = dict(seed=0, deterministic=False)
 '''
+BANDIT_HOOK = "custom_hooks = [dict(type='ChannelBanditHook', log_interval=1)]"
 BANDIT_STATE = ('backbone.bandit.counts', 'backbone.bandit.means', 'backbone.bandit.step')
 
 
@@ -39,9 +43,10 @@ def svhn(tmp_path_factory):
     return make_svhn(tmp_path_factory.mktemp('svhn'), num_images=(8, 4, 4))
 
 
-def _config(directory, root, epochs):
-    path = directory / f'dce_tiny_{epochs}ep.py'
-    path.write_text(TINY.format(base=osp.join(REPO, CONFIG), root=root, epochs=epochs))
+def _config(directory, root, epochs, base=CONFIG, hooks=BANDIT_HOOK, extra=''):
+    path = directory / f'{osp.basename(base)[:-3]}_tiny_{epochs}ep.py'
+    path.write_text(TINY.format(base=osp.join(REPO, base), root=root, epochs=epochs,
+                                hooks=hooks) + extra)
     return path
 
 
@@ -56,6 +61,11 @@ def test_dce_config_trains_resumes_and_tests(svhn, tmp_path, tool_env, run_tool)
                         tool_env(straight_cfg))
     assert straight.returncode == 0, straight.stdout[-4000:]
     assert 'bandit_active_layer1' in straight.stdout and 'bandit_untried' in straight.stdout
+    plot = run_tool(['analysis/plot_dce.py', tmp_path / 'straight', '--out',
+                     tmp_path / 'layers.png'], tool_env(straight_cfg))
+    assert plot.returncode == 0, plot.stdout[-4000:]
+    assert 'wrote' in plot.stdout and '6 records, 33 layers' in plot.stdout  # stem + 2 x 16
+    assert (tmp_path / 'layers.png').stat().st_size > 1000
     final = _state(tmp_path / 'straight' / 'epoch_2.pth')
     assert int(final['backbone.bandit.step']) == 6  # 2 epochs x 3 iterations
     assert int(final['backbone.bandit.counts'].sum()) > 0
@@ -78,3 +88,61 @@ def test_dce_config_trains_resumes_and_tests(svhn, tmp_path, tool_env, run_tool)
     assert test.returncode == 0, test.stdout[-4000:]
     metrics = glob.glob(str(tmp_path / 'test' / '*' / '*.json'))
     assert len(metrics) == 1 and 'accuracy/top1' in json.load(open(metrics[0]))
+
+
+def test_dce_export_fine_tunes_and_tests(svhn, tmp_path, tool_env, run_tool):
+    """Alg. 1 steps 12-14 through the tools: train, export the topology fixed by mean
+    saliency, fine-tune the compact network with the -ft config, test it."""
+    train_cfg = _config(tmp_path, svhn, epochs=1)
+    train = run_tool(['train.py', train_cfg, '--work-dir', tmp_path / 'dce'],
+                     tool_env(train_cfg))
+    assert train.returncode == 0, train.stdout[-4000:]
+    export = run_tool(['export_pruned.py', train_cfg, tmp_path / 'dce' / 'epoch_1.pth',
+                       '--out-dir', tmp_path / 'pruned'], tool_env(train_cfg))
+    assert export.returncode == 0, export.stdout[-4000:]
+    name = osp.basename(str(train_cfg))[:-3]
+    channels = tmp_path / 'pruned' / f'{name}_channels.json'
+    checkpoint = tmp_path / 'pruned' / f'{name}_pruned.pth'
+    assert 'params after / before' in export.stdout and channels.exists()
+
+    # the fine-tune config with this export: fresh optimizer, weights from the export
+    ft_cfg = _config(tmp_path, svhn, epochs=1, base=FINE_TUNE, hooks='', extra=(
+        f'model.update(backbone=dict(model["backbone"], channel_cfg={str(channels)!r}))\n'
+        f'load_from = {str(checkpoint)!r}\n'))
+    ft = run_tool(['train.py', ft_cfg, '--work-dir', tmp_path / 'ft'], tool_env(ft_cfg))
+    assert ft.returncode == 0, ft.stdout[-4000:]
+    assert f'Load checkpoint from {checkpoint}' in ft.stdout
+    state = _load_checkpoint(str(tmp_path / 'ft' / 'epoch_1.pth'), map_location='cpu')
+    kept = json.load(open(channels))
+    conv1 = state['state_dict']['backbone.layer1.0.conv1.weight']
+    assert conv1.shape[:2] == (len(kept['blocks']['layer1.0']['conv1']), len(kept['stem']))
+    assert not any('bandit' in key for key in state['state_dict'])
+    test = run_tool(['test.py', ft_cfg, tmp_path / 'ft' / 'epoch_1.pth', '--work-dir',
+                     tmp_path / 'ft_test'], tool_env(ft_cfg))
+    assert test.returncode == 0, test.stdout[-4000:]
+
+
+def test_single_stage_fixes_the_topology(svhn, tmp_path, tool_env, run_tool):
+    """``ChannelBanditHook(fix_at_epoch=1)``: the bandit observes epoch 0 only; in epoch 1 the
+    same model trains its fixed topology, so the channels outside it stay as they were."""
+    cfg = _config(tmp_path, svhn, epochs=2, base=SINGLE_STAGE,
+                  hooks="custom_hooks = [dict(type='ChannelBanditHook', fix_at_epoch=1)]")
+    run = run_tool(['train.py', cfg, '--work-dir', tmp_path / 'single'], tool_env(cfg))
+    assert run.returncode == 0, run.stdout[-4000:]
+    first = _load_checkpoint(str(tmp_path / 'single' / 'epoch_1.pth'), map_location='cpu')
+    second = _load_checkpoint(str(tmp_path / 'single' / 'epoch_2.pth'), map_location='cpu')
+    assert int(first['state_dict']['backbone.bandit.step']) == 3  # epoch 0's 3 iterations
+    assert int(second['state_dict']['backbone.bandit.step']) == 3  # nothing observed after
+    assert second['state_dict']['backbone.bandit.means'].equal(
+        first['state_dict']['backbone.bandit.means'])
+
+    from mmmod.models.backbones import BanditResNet
+    model = BanditResNet(depth=50, stem_channels=16, base_channels=8, ratio=0.3)
+    model.load_state_dict({k[len('backbone.'):]: v for k, v in first['state_dict'].items()
+                           if k.startswith('backbone.')})
+    fixed = dict(zip([(a.site, a.position) for a in model.arms], model.fixed_masks()))
+    mask = fixed[('layer2.1', 'conv1')]
+    key = 'backbone.layer2.1.conv1.weight'
+    before, after = first['state_dict'][key], second['state_dict'][key]
+    assert before[~mask].equal(after[~mask])  # outside the fixed topology: untouched
+    assert not before[mask].equal(after[mask])  # inside: trained

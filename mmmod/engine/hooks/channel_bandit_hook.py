@@ -1,14 +1,17 @@
 """Drives dynamic channel execution (Spasov & Lio, Alg. 1) in mmengine's training loop."""
-from typing import Dict, List, Optional
+import json
+import os.path as osp
+from typing import Dict, List, Optional, Tuple
 
 import torch
-from mmengine.dist import all_reduce, get_world_size
+from mmengine.dist import all_reduce, get_world_size, is_main_process
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
 from mmmod.registry import HOOKS
 
-__all__ = ['ChannelBanditHook', 'bandit_backbones', 'summed_over_ranks']
+__all__ = ['ChannelBanditHook', 'bandit_backbones', 'begin_step', 'end_step',
+           'summed_over_ranks']
 
 
 def bandit_backbones(model) -> List[torch.nn.Module]:
@@ -33,8 +36,13 @@ class ChannelBanditHook(Hook):
             epoch on the topology is fixed by mean saliency (Alg. 1 step 12) and the same model
             trains on. None: explore until the end (then export and fine-tune).
         log_interval (int): log the active fraction per stage, the exploration bonus range and
-            the untried arms every this many iterations.
+            the untried arms every this many iterations, and append the active fraction of
+            every arm layer to ``WORK_DIR/bandit_history.jsonl`` (one JSON object a line:
+            ``iter``, ``layers`` (``site/position`` names), ``active`` (fractions), ``untried``;
+            ``tools/analysis/plot_dce.py`` plots it). A resumed run appends to the same file.
     """
+
+    history_file = 'bandit_history.jsonl'
 
     priority = 'ABOVE_NORMAL'  # select before other hooks look at the step
 
@@ -57,28 +65,54 @@ class ChannelBanditHook(Hook):
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
         optimizer = runner.optim_wrapper.optimizer
         for backbone in bandit_backbones(runner.model):
-            if self._fixed(runner):
-                masks = backbone.fixed_masks()
-                backbone.begin_bandit_step(masks)
-            else:
-                masks = backbone.begin_bandit_step()
-            self._masks[id(backbone)] = masks
-            if backbone.freeze_inactive:
-                self._saved[id(backbone)] = _snapshot(backbone.frozen_entries(masks), optimizer)
+            fixed = backbone.fixed_masks() if self._fixed(runner) else None
+            self._masks[id(backbone)], self._saved[id(backbone)] = begin_step(
+                backbone, optimizer, fixed)
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         optimizer = runner.optim_wrapper.optimizer
         for backbone in bandit_backbones(runner.model):
-            saved = self._saved.pop(id(backbone), None)
-            if saved is not None:
-                _restore(saved, optimizer)
-            if self._fixed(runner):
-                backbone.end_bandit_step(observe=False)
-                continue
-            backbone.end_bandit_step(summed_over_ranks(backbone.step_saliencies()))
-            if self.every_n_train_iters(runner, self.log_interval):
-                for key, value in backbone.bandit_log(self._masks[id(backbone)]).items():
+            observe = not self._fixed(runner)
+            end_step(backbone, optimizer, self._saved.pop(id(backbone), None), observe)
+            if observe and self.every_n_train_iters(runner, self.log_interval):
+                masks = self._masks[id(backbone)]
+                for key, value in backbone.bandit_log(masks).items():
                     runner.message_hub.update_scalar(f'train/bandit_{key}', value)
+                if is_main_process():  # every rank selects the same channels
+                    self._append_history(runner, backbone, masks)
+
+    def _append_history(self, runner, backbone, masks) -> None:
+        record = dict(iter=runner.iter + 1,
+                      layers=[f'{arm.site}/{arm.position}' for arm in backbone.arms],
+                      active=[round(float(m.float().mean()), 6) for m in masks],
+                      untried=backbone.bandit.untried)
+        with open(osp.join(runner.work_dir, self.history_file), 'a') as f:
+            f.write(json.dumps(record) + '\n')
+
+
+def begin_step(backbone, optimizer, masks: Optional[list] = None) -> Tuple[list, list]:
+    """Before a training step (Alg. 1 steps 7-9): select the step's channels (or run the fixed
+    ``masks``) and, with ``freeze_inactive``, note what the inactive channels hold.
+
+    Returns:
+        (the step's masks, one (C,) bool mask per arm layer; the noted entries or None).
+    """
+    masks = backbone.begin_bandit_step(masks)
+    saved = _snapshot(backbone.frozen_entries(masks), optimizer) \
+        if backbone.freeze_inactive else None
+    return masks, saved
+
+
+def end_step(backbone, optimizer, saved: Optional[list], observe: bool = True) -> None:
+    """After the optimizer step: put the inactive channels' entries back, then observe the
+    saliencies backward left, summed over ranks (Alg. 1 step 11; ``observe=False``: a fixed
+    topology's step)."""
+    if saved is not None:
+        _restore(saved, optimizer)
+    if observe:
+        backbone.end_bandit_step(summed_over_ranks(backbone.step_saliencies()))
+    else:
+        backbone.end_bandit_step(observe=False)
 
 
 def summed_over_ranks(raw: List[torch.Tensor]) -> List[torch.Tensor]:

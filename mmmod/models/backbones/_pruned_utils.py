@@ -3,7 +3,7 @@ exporter writes, and slicing a full-width state dict into a pruned network's."""
 import json
 import os.path as osp
 import warnings
-from typing import Dict, Iterable, Mapping, Tuple, Union
+from typing import Dict, Iterable, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -74,14 +74,18 @@ def _replace(block: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def prune_block(block: nn.Module, kept: Mapping[str, Tuple[int, ...]],
-                widths: Mapping[str, int]) -> None:
+                widths: Mapping[str, int], stream: Optional[Tuple[int, ...]] = None) -> None:
     """Rebuild every conv + norm of a full-width block's ``channel_structure`` with the
     ``kept`` channels of the sets it reads and writes, in place (same sub-module names, so
     the state-dict names stay upstream's); a step keeping no channel becomes ``nn.Identity``
     (residual inverted residuals only). Sets ``block.slices`` (sub-module name -> (kept output
     rows, kept input columns or None)) and the buffers ``index_<position>`` that
     :class:`~mmmod.models.layers.channel_structure.KeptChannels` reads (None: all kept; not
-    persistent: ``channel_cfg`` is their source)."""
+    persistent: ``channel_cfg`` is their source).
+
+    ``stream``: the channels of the block input that reach the block, when the input is
+    already slim (a pruned stem feeding ``layer1.0``): the shortcut reads them, and the
+    branch input's kept channels (a subset) are gathered from them."""
     s = block.channel_structure
     names = {id(m): n for n, m in block.named_modules()}
     block.slices = {}
@@ -92,7 +96,8 @@ def prune_block(block: nn.Module, kept: Mapping[str, Tuple[int, ...]],
             _replace(block, names[id(step.unit_of(block))], nn.Identity())
             continue
         depthwise = conv.groups > 1
-        k_in = conv.in_channels if step.reads is None else len(kept[step.reads])
+        k_in = (conv.in_channels if stream is None else len(stream)) if step.reads is None \
+            else len(kept[step.reads])
         owner = step.unit_of(block) if step.unit is not None else block
         if not hasattr(owner, 'norm_cfg'):  # upstream's downsample Sequential
             owner = block
@@ -104,14 +109,22 @@ def prune_block(block: nn.Module, kept: Mapping[str, Tuple[int, ...]],
                                     padding=conv.padding, dilation=conv.dilation,
                                     groups=len(rows) if depthwise else 1,
                                     bias=conv.bias is not None)
+        # a pre-activation step's norm sits on the set it reads (DenseNet), not on its output
+        norm_rows = kept[step.reads] if step.pre_act else rows
         _replace(block, names[id(conv)], slim)
-        _replace(block, names[id(norm)], build_norm_layer(owner.norm_cfg, len(rows))[1])
-        cols = None if step.reads is None or depthwise else kept[step.reads]
+        _replace(block, names[id(norm)], build_norm_layer(owner.norm_cfg, len(norm_rows))[1])
+        cols = stream if step.reads is None else None if depthwise else kept[step.reads]
         block.slices[names[id(conv)]] = (rows, cols)
-        block.slices[names[id(norm)]] = (rows, None)
+        block.slices[names[id(norm)]] = (norm_rows, None)
     for pos in s.positions:
-        block.register_buffer('index_' + pos, index_buffer(kept[pos], widths[pos]),
-                              persistent=False)
+        index = index_buffer(kept[pos], widths[pos])
+        if stream is not None and pos == s.entry:
+            if not set(kept[pos]) <= set(stream):
+                raise ValueError(f'the block input keeps channels the stream does not carry: '
+                                 f'{sorted(set(kept[pos]) - set(stream))[:8]}')
+            where = {c: i for i, c in enumerate(stream)}  # full index -> slim index
+            index = index_buffer(tuple(where[c] for c in kept[pos]), len(stream))
+        block.register_buffer('index_' + pos, index, persistent=False)
 
 
 class PrunedBackboneMixin:
@@ -129,7 +142,7 @@ class PrunedBackboneMixin:
         sliced = {}
         for block_name, block in self.named_modules():
             for sub, rows_cols in getattr(block, 'slices', {}).items():
-                sliced[f'{block_name}.{sub}.'] = rows_cols
+                sliced[f'{block_name}.{sub}.' if block_name else f'{sub}.'] = rows_cols
         out = {}
         for key, value in self.state_dict().items():
             if key not in full:

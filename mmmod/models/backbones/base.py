@@ -99,15 +99,17 @@ def _with_pretrained(kwargs: dict, pretrained) -> dict:
 class BackboneContractMixin:
     """Put before an mmpretrain backbone class: checks the input and makes ``train()`` chainable.
 
-    ``input_channels`` is set by the bases. Upstream's ``train()`` re-applies frozen stages and
-    norm_eval but returns None, so ``model.eval()`` could not be chained as in plain PyTorch.
+    ``stem_in_channels`` (the channels the input must have; upstream's ``in_channels`` is
+    overwritten while the stages are built) is set by the bases. Upstream's ``train()`` re-applies
+    frozen stages and norm_eval but returns None, so ``model.eval()`` could not be chained as in
+    plain PyTorch.
     """
 
-    input_channels: int = 3
+    stem_in_channels: int = 3
 
     def forward(self, x: torch.Tensor):
-        if x.dim() != 4 or x.shape[1] != self.input_channels:
-            raise ValueError(f'{type(self).__name__} expects (N, {self.input_channels}, H, W) '
+        if x.dim() != 4 or x.shape[1] != self.stem_in_channels:
+            raise ValueError(f'{type(self).__name__} expects (N, {self.stem_in_channels}, H, W) '
                              f'input, got {tuple(x.shape)}')
         return super().forward(x)
 
@@ -209,7 +211,7 @@ class ResNetBase(BackboneContractMixin, ResNet):
     def __init__(self, depth: int, contract_dilation: bool = False, pretrained=None, **kwargs):
         self.arch_of(depth)
         self.contract_dilation = contract_dilation
-        self.input_channels = kwargs.get('in_channels', 3)
+        self.stem_in_channels = kwargs.get('in_channels', 3)
         super().__init__(depth=depth, **_with_pretrained(kwargs, pretrained))
 
     @classmethod
@@ -231,6 +233,14 @@ class ResNetBase(BackboneContractMixin, ResNet):
         """The block factory: block ``index`` of ``stage`` from upstream's block arguments."""
         return block(**kwargs)
 
+    def stem_parts(self) -> Tuple[tuple, nn.Conv2d, nn.Module, nn.Module]:
+        """``(layers before the stem's last conv, that conv, its norm, its activation)``:
+        ``conv1, bn1, relu`` or, with the deep stem, the last ConvModule's."""
+        if not self.deep_stem:
+            return (), self.conv1, self.norm1, self.relu
+        *pre, last = self.stem
+        return tuple(pre), last.conv, last.norm, last.activate
+
 
 class MobileNetV2Base(BackboneContractMixin, MobileNetV2):
     """mmpretrain's MobileNetV2 with mmmod's contract; a method overrides :meth:`make_block`.
@@ -251,7 +261,7 @@ class MobileNetV2Base(BackboneContractMixin, MobileNetV2):
     """
 
     arch_zoo = MOBILENET_V2_ARCHS
-    input_channels = 3  # upstream's stem reads 3 channels
+    stem_in_channels = 3  # upstream's stem reads 3 channels
 
     def __init__(self, arch: Union[str, Sequence[Sequence[int]]] = 'MoD', pretrained=None,
                  **kwargs):

@@ -52,7 +52,8 @@ class GatedInvertedResidual(GatedBlockMixin, InvertedResidual):
         (torch.Size([2, 24, 8, 8]), 12)
     """
 
-    positions = INVERTED_RESIDUAL.positions
+    # all positions of the channel structure; an instance's ``gate_positions`` are the gated ones
+    gateable_positions = INVERTED_RESIDUAL.positions
 
     def __init__(self, in_channels, out_channels, stride, expand_ratio, *,
                  granularity: Mapping[str, int], gate_type: str = 'dependent',
@@ -107,7 +108,7 @@ class GatedMobileNetV2(GatedBackboneMixin, MobileNetV2Base):
                  **kwargs):
         # Read by make_block, which MobileNetV2.__init__ reaches once per block.
         self._stage_granularity = resolve_granularity(
-            granularity, self.granularity_settings, GatedInvertedResidual.positions,
+            granularity, self.granularity_settings, GatedInvertedResidual.gateable_positions,
             len(MOBILENET_V2), type(self).__name__)
         self._gate_cfg = dict(gate_type=gate_type, gate_hidden=gate_hidden)
         self.gate_type = gate_type

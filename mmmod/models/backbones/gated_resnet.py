@@ -62,7 +62,8 @@ class GatedBottleneck(_GatedResidualBlock, Bottleneck):
         (torch.Size([2, 256, 8, 8]), 47)
     """
 
-    positions = BOTTLENECK.positions
+    # all positions of the channel structure; an instance's ``gate_positions`` are the gated ones
+    gateable_positions = BOTTLENECK.positions
 
 
 class GatedBasicBlock(_GatedResidualBlock, BasicBlock):
@@ -78,7 +79,8 @@ class GatedBasicBlock(_GatedResidualBlock, BasicBlock):
         (torch.Size([2, 16, 8, 8]), ('input', 'conv1', 'conv2'))
     """
 
-    positions = BASIC_BLOCK.positions
+    # all positions of the channel structure; an instance's ``gate_positions`` are the gated ones
+    gateable_positions = BASIC_BLOCK.positions
 
 
 @MODELS.register_module()
@@ -148,7 +150,7 @@ class GatedResNet(GatedBackboneMixin, ResNetBase):
         settings = {name: table[block] for name, table in self.granularity_settings.items()}
         # Read by make_block, which ResNet.__init__ reaches once per block.
         self._stage_granularity = resolve_granularity(
-            granularity, settings, block.positions, len(stage_blocks), type(self).__name__)
+            granularity, settings, block.gateable_positions, len(stage_blocks), type(self).__name__)
         self._gate_cfg = dict(gate_type=gate_type, gate_hidden=gate_hidden)
         self.gate_type = gate_type
         self.granularity = granularity

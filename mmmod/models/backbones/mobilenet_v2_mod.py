@@ -41,7 +41,8 @@ class MobileNetV2MoD(MobileNetV2Base):
         arch (str | list): ``'MoD'`` (the standard MobileNetV2 table), ``'MoD-L'`` (the paper's
             deeper variant) or a custom table of ``[t, c, n, s]`` rows (``MOBILENET_V2_ARCHS``
             of :mod:`~mmmod.models.backbones.base`).
-        mod_c (int): c of ``k = floor(C / c)``. Default 16.
+        channel_reduction (int): the paper's c in ``k = floor(C / c)`` (the extent of channel
+            reduction). Default 16.
         mod_pattern, fusion, selection, selector_reduction: as in
             :class:`~mmmod.models.ResNetMoD`.
         **kwargs: as :class:`~mmmod.models.backbones.base.MobileNetV2Base` (pretrained and
@@ -58,19 +59,19 @@ class MobileNetV2MoD(MobileNetV2Base):
 
     def __init__(self,
                  arch: Union[str, Sequence[Sequence[int]]] = 'MoD',
-                 mod_c: int = 16,
+                 channel_reduction: int = 16,
                  mod_pattern: Union[str, Sequence[Sequence[int]]] = 'alternate',
                  fusion: str = 'first',
                  selection: str = 'topk',
                  selector_reduction: int = 16,
                  **kwargs):
         table = self.resolve_arch(arch)
-        num_selected_channels(1, mod_c)  # validates c before anything is built
+        num_selected_channels(1, channel_reduction)  # validates c before anything is built
         # Read by make_block, which MobileNetV2.__init__ reaches once per block.
         self._mod_masks = mod_block_masks([row[2] for row in table], mod_pattern)
         self._mod_cfg = dict(fusion=fusion, selection=selection,
                              selector_reduction=selector_reduction)
-        self.mod_c = mod_c
+        self.channel_reduction = channel_reduction
         self.mod_pattern = mod_pattern
         super().__init__(table, **kwargs)
 
@@ -79,7 +80,7 @@ class MobileNetV2MoD(MobileNetV2Base):
         if not self._mod_masks[stage][index]:
             return InvertedResidual(**kwargs)
         out_channels = kwargs['out_channels']
-        k = num_selected_channels(out_channels, self.mod_c)
+        k = num_selected_channels(out_channels, self.channel_reduction)
         branch = inverted_residual_branch(k, kwargs['expand_ratio'], kwargs['conv_cfg'],
                                           kwargs['norm_cfg'], kwargs['act_cfg'])
         return MoDBlock(out_channels, k, branch, **self._mod_cfg)

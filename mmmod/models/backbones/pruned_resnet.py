@@ -14,17 +14,22 @@ blocks keeps its full width, so stage outputs (and every neck / head) are those 
 A removed conv1 / conv2 filter was multiplied by 0 after its ReLU, so dropping it and the next
 conv's matching input channels changes nothing; a removed conv3 / shortcut filter added 0 to
 the stream. Hence the pruned network computes what the thresholded gated one does.
+
+The compact export of dynamic channel execution (a ``BanditResNet`` with its topology fixed)
+is the same network; its stem conv may keep only some filters too (``channel_cfg["stem"]``),
+which the first block's branch and projection then read as they are.
 """
-from typing import Dict, Mapping, Sequence, Union
+from typing import Dict, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
+from mmcv.cnn import build_conv_layer, build_norm_layer
 from mmpretrain.models.backbones.resnet import BasicBlock, Bottleneck
 
 from mmmod.registry import MODELS
 from ..layers.channel_structure import KEPT, forward_block, position_widths, structure_of
-from ._pruned_utils import (PrunedBackboneMixin, check_block_names, check_positions,
-                            load_channel_cfg, prune_block)
+from ._pruned_utils import (PrunedBackboneMixin, _replace, check_block_names,
+                            check_positions, load_channel_cfg, prune_block)
 from .base import ResNetBase, V1cStem, resnet_arch_settings
 
 
@@ -37,13 +42,15 @@ class PrunedBlockMixin:
     :class:`~mmmod.models.layers.channel_structure.KeptChannels`.
     """
 
-    def _prune(self, kept: Mapping[str, Sequence[int]], name: str) -> None:
+    def _prune(self, kept: Mapping[str, Sequence[int]], name: str,
+               stream: Optional[Sequence[int]] = None) -> None:
         owner = (f'{type(self).__name__}, '
                  f'{"with" if self.downsample is not None else "no"} projection shortcut')
         self.channel_structure = structure_of(self)
         self._widths = position_widths(self)
         self.kept_channels = check_positions(name, owner, kept, self._widths)
-        prune_block(self, self.kept_channels, self._widths)
+        prune_block(self, self.kept_channels, self._widths,
+                    None if stream is None else tuple(stream))
 
     def position_widths(self) -> Dict[str, int]:
         """Full width of each gated position, in forward order: the branch's inner tensors
@@ -71,9 +78,9 @@ class PrunedBottleneck(PrunedBlockMixin, Bottleneck):
     """
 
     def __init__(self, *args, kept: Mapping[str, Sequence[int]], name: str = 'block',
-                 **kwargs):
+                 stream: Optional[Sequence[int]] = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self._prune(kept, name)
+        self._prune(kept, name, stream)
 
 
 class PrunedBasicBlock(PrunedBlockMixin, BasicBlock):
@@ -88,9 +95,9 @@ class PrunedBasicBlock(PrunedBlockMixin, BasicBlock):
     """
 
     def __init__(self, *args, kept: Mapping[str, Sequence[int]], name: str = 'block',
-                 **kwargs):
+                 stream: Optional[Sequence[int]] = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self._prune(kept, name)
+        self._prune(kept, name, stream)
 
 
 @MODELS.register_module()
@@ -102,7 +109,9 @@ class PrunedResNet(PrunedBackboneMixin, ResNetBase):
         channel_cfg (str | dict): the exporter's ``<name>_channels.json`` (path) or its dict:
             ``{"blocks": {"layer1.0": {"input": [...], "conv1": [...], ...}, ...}}``, the kept
             channel indices (strictly increasing) of every gated position of every block
-            (``GatedResNet``'s positions). Optional ``"depth"`` is checked against ``depth``.
+            (``GatedResNet``'s positions). Optional ``"depth"`` is checked against ``depth``;
+            optional ``"stem"``: the kept filters of the stem's (last) conv (a
+            ``BanditResNet`` export), which the first block then reads.
         contract_dilation, pretrained, **kwargs: as
             :class:`~mmmod.models.backbones.base.ResNetBase` (mmseg's dilation rule, mmseg's
             ``pretrained``, everything of mmpretrain's ``ResNet``).
@@ -139,11 +148,52 @@ class PrunedResNet(PrunedBackboneMixin, ResNetBase):
                           f'a depth-{depth} ResNet with {num_stages} stages')
         self.channel_cfg = cfg
         super().__init__(depth, contract_dilation, pretrained, **kwargs)
+        if 'stem' in cfg:
+            self._prune_stem(cfg['stem'])
+            self._freeze_stages()  # the rebuilt stem modules follow frozen_stages too
 
     def make_block(self, stage: int, index: int, block: type, **kwargs) -> nn.Module:
-        """A pruned block keeping its ``channel_cfg`` channels."""
+        """A pruned block keeping its ``channel_cfg`` channels (the first one reading the
+        pruned stem's as they are where it projects them; an identity shortcut gets them
+        back at full width, see :meth:`_prune_stem`)."""
         name = self.block_name(stage, index)
-        return block(kept=self.channel_cfg['blocks'][name], name=name, **kwargs)
+        stream = self.channel_cfg.get('stem') if (stage, index) == (0, 0) and \
+            kwargs.get('downsample') is not None else None
+        return block(kept=self.channel_cfg['blocks'][name], name=name, stream=stream, **kwargs)
+
+    def _prune_stem(self, kept) -> None:
+        """The stem's last conv and norm keep ``kept`` filters (a channel bandit's stem arm).
+        The first block reads them as they are; where its shortcut is the identity, they are
+        put back at their channels of the full-width stream after the max pool."""
+        _, conv, norm, _ = self.stem_parts()
+        kept = check_positions('stem', 'the stem', dict(stem=kept),
+                               dict(stem=conv.out_channels))['stem']
+        owner = self if not self.deep_stem else self.stem[-1]
+        names = {id(m): n for n, m in self.named_modules()}
+        slim = build_conv_layer(owner.conv_cfg, conv.in_channels, len(kept),
+                                kernel_size=conv.kernel_size, stride=conv.stride,
+                                padding=conv.padding, dilation=conv.dilation,
+                                bias=conv.bias is not None)
+        self.slices = {names[id(conv)]: (kept, None), names[id(norm)]: (kept, None)}
+        _replace(self, names[id(conv)], slim)
+        _replace(self, names[id(norm)], build_norm_layer(owner.norm_cfg, len(kept))[1])
+        if self.layer1[0].channel_structure.shortcut is None and len(kept) < conv.out_channels:
+            self.maxpool = nn.Sequential(self.maxpool,
+                                         ScatterChannels(kept, conv.out_channels))
+
+
+class ScatterChannels(nn.Module):
+    """Puts k kept channels back at their indices of a C-wide tensor (zeros elsewhere):
+    (N, k, H, W) -> (N, C, H, W)."""
+
+    def __init__(self, index: Sequence[int], channels: int):
+        super().__init__()
+        self.channels = channels
+        self.register_buffer('index', torch.tensor(index, dtype=torch.long), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        full = x.new_zeros(x.shape[0], self.channels, *x.shape[2:])
+        return full.index_copy_(1, self.index, x)
 
 
 @MODELS.register_module()

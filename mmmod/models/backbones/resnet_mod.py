@@ -50,8 +50,9 @@ class ResNetMoD(ResNetBase):
     Args:
         depth (int): one of ``ResNetMoD.arch_settings`` (18, 26, 34, 42, 50, 75, 86, 101, 152),
             the depths of the paper's appendix Table 5.
-        mod_c (int): c of ``k = floor(C / c)``; 64 for ResNets (the widest input of the first
-            block, Sec. 3.2). Default 64.
+        channel_reduction (int): the paper's c in ``k = floor(C / c)`` (the extent of channel
+            reduction); 64 for ResNets (the widest input of the first block, Sec. 3.2).
+            Default 64.
         mod_pattern (str | list): ``'alternate'`` (default, the paper), ``'all'``, ``'none'`` or
             an explicit per-stage 0/1 mask, see :func:`mod_block_masks`.
         fusion (str): ``'first'`` (default), ``'last'`` (MoD-lk) or ``'original'``.
@@ -80,7 +81,7 @@ class ResNetMoD(ResNetBase):
 
     def __init__(self,
                  depth: int,
-                 mod_c: int = 64,
+                 channel_reduction: int = 64,
                  mod_pattern: Union[str, Sequence[Sequence[int]]] = 'alternate',
                  fusion: str = 'first',
                  selection: str = 'topk',
@@ -89,12 +90,12 @@ class ResNetMoD(ResNetBase):
                  pretrained=None,
                  **kwargs):
         _, stage_blocks = self.arch_of(depth, kwargs.get('num_stages', 4))
-        num_selected_channels(1, mod_c)  # validates c before anything is built
+        num_selected_channels(1, channel_reduction)  # validates c before anything is built
         # Read by make_block, which ResNet.__init__ reaches once per block.
         self._mod_masks = mod_block_masks(stage_blocks, mod_pattern)
         self._mod_cfg = dict(fusion=fusion, selection=selection,
                              selector_reduction=selector_reduction)
-        self.mod_c = mod_c
+        self.channel_reduction = channel_reduction
         self.mod_pattern = mod_pattern
         super().__init__(depth, contract_dilation, pretrained, **kwargs)
 
@@ -103,7 +104,7 @@ class ResNetMoD(ResNetBase):
         if not self._mod_masks[stage][index]:
             return block(**kwargs)
         out_channels = kwargs['out_channels']
-        k = num_selected_channels(out_channels, self.mod_c)
+        k = num_selected_channels(out_channels, self.channel_reduction)
         branch = mod_branch(block, k, kwargs['dilation'], kwargs['expansion'],
                             kwargs.get('conv_cfg'), kwargs.get('norm_cfg', dict(type='BN')))
         return MoDBlock(out_channels, k, branch, drop_path_rate=kwargs['drop_path_rate'],

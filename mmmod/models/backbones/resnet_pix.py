@@ -9,16 +9,16 @@ its norm and activation (no norm follows PiX); conv2, conv3 and the shortcut sta
 
 zeta of a block is the squeeze ratio of the conv it replaces, ``in_channels // mid_channels``:
 1 for layer1.0 (64 -> 64, PiX becomes a per-channel gate), 2 for the first block of stages 2-4,
-4 elsewhere -- times the global multiplier ``zeta``. With ``zeta = 1`` the network has
-ResNet's widths and, since the FC of PiX (C -> C / zeta) has as many weights as the conv it
-replaces, ResNet's parameter count (Table 1: 25.5M for ResNet-50 + PiX).
+4 elsewhere -- times the backbone's global ``zeta_multiplier``. With ``zeta_multiplier = 1`` the
+network has ResNet's widths and, since the FC of PiX (C -> C / zeta) has as many weights as the
+conv it replaces, ResNet's parameter count (Table 1: 25.5M for ResNet-50 + PiX).
 
-``zeta = 2`` gives Table 1 E3 (zeta = 8 in every block but the first of a stage). We read E3 as
-*the whole bottleneck at width ceil(C / zeta)*: conv2 is ceil(C / zeta) -> ceil(C / zeta) and conv3
-reads ceil(C / zeta) channels. That is what the table's numbers say: its baseline "ResNet-50
-zeta = 8" has 12.3M parameters and PiX keeps the parameters of its baseline (12.3M); halving the
-mid width of every ResNet-50 bottleneck gives 12.3M, while narrowing only conv2's input would
-leave 17.7M. This is also how PiX downscales networks (Table 3).
+``zeta_multiplier = 2`` gives Table 1 E3 (zeta = 8 in every block but the first of a stage). We
+read E3 as *the whole bottleneck at width ceil(C / zeta)*: conv2 is ceil(C / zeta) ->
+ceil(C / zeta) and conv3 reads ceil(C / zeta) channels. That is what the table's numbers say: its
+baseline "ResNet-50 zeta = 8" has 12.3M parameters and PiX keeps the parameters of its baseline
+(12.3M); halving the mid width of every ResNet-50 bottleneck gives 12.3M, while narrowing only
+conv2's input would leave 17.7M. This is also how PiX downscales networks (Table 3).
 
 Everything else is mmpretrain's ResNet: stem, shortcut, state-dict names of the standard parts
 (``layerX.Y.conv2``, ``bn2``, ``conv3``, ``bn3``, ``downsample``), ``out_indices``,
@@ -101,9 +101,9 @@ class ResNetPiX(ResNetBase):
 
     Args:
         depth (int): 50, 101 or 152.
-        zeta (int): global multiplier of every block's sampling factor (see the module
-            docstring); 1 (default) is the paper's ResNet + PiX, 2 its zeta = 8 variant
-            (Table 1 E3).
+        zeta_multiplier (int): global multiplier of every block's sampling factor zeta (see
+            the module docstring); 1 (default) is the paper's ResNet + PiX, 2 its zeta = 8
+            variant (Table 1 E3).
         tau (float): PiX threshold in (0, 1). Default 0.5.
         mode (str): ``'pix'`` (default), ``'avg'`` or ``'max'`` (Table 1's PiX(Avg), PiX(Max)).
         contract_dilation, pretrained, **kwargs: as
@@ -130,22 +130,22 @@ class ResNetPiX(ResNetBase):
 
     def __init__(self,
                  depth: int,
-                 zeta: int = 1,
+                 zeta_multiplier: int = 1,
                  tau: float = 0.5,
                  mode: str = 'pix',
                  contract_dilation: bool = False,
                  pretrained=None,
                  **kwargs):
         self.arch_of(depth)
-        _check_pix_args(zeta, tau, mode)
-        self.zeta = zeta
+        _check_pix_args(zeta_multiplier, tau, mode)
+        self.zeta_multiplier = zeta_multiplier
         self.tau = tau
         self.mode = mode
         super().__init__(depth, contract_dilation, pretrained, **kwargs)
 
     def make_block(self, stage: int, index: int, block: type, **kwargs) -> nn.Module:
         """A PiX bottleneck with the global multiplier, threshold and mode."""
-        return block(zeta_multiplier=self.zeta, tau=self.tau, mode=self.mode, **kwargs)
+        return block(zeta_multiplier=self.zeta_multiplier, tau=self.tau, mode=self.mode, **kwargs)
 
 
 @MODELS.register_module()

@@ -102,9 +102,9 @@ def active_channel_forward(block: nn.Module, x: torch.Tensor, folded: Folded = N
     z = block.sample_block_gates(x)  # position -> (1, groups); records last_gates
     index = {}
     for pos, z_full in z.items():
-        # None = all on: skip the gathers
+        # None = all on: skip the gathers; else (1, C) mask -> (k,) kept indices
         index[pos] = (None if bool(z_full.all()) else
-                      block.gates[pos].channel_mask(z_full)[0].nonzero()[:, 0])  # (1, C) -> (k,)
+                      block.channel_gates[pos].channel_mask(z_full)[0].nonzero()[:, 0])
     return forward_block(block, x, ACTIVE, (index, folded))
 
 

@@ -18,10 +18,10 @@ with one slice per layer. A step's selection acts at the blocks' channel positio
 (:mod:`~mmmod.models.layers.channel_structure`) through one of two parts of the same walk:
 :class:`MaskedChannels` (the paper's implementation: inactive outputs times 0) or
 :class:`ThinChannels` (the active sub-network only, full weights gathered per step), both
-recording saliencies in backward through :class:`BanditStep`. The state (``T``, ``mu``, the step counter) is held in buffers, so it
-goes into checkpoints and ``--resume`` continues from it; the random tie-breaking draws from a
-generator seeded by ``(seed, step)``, so a resumed run and every rank of a distributed run
-select exactly what an uninterrupted single run selects.
+recording saliencies in backward through :class:`BanditStep`. The state (``T``, ``mu``, the
+step counter) is held in buffers, so it goes into checkpoints and ``--resume`` continues from
+it; the random tie-breaking draws from a generator seeded by ``(seed, step)``, so a resumed run
+and every rank of a distributed run select exactly what an uninterrupted single run selects.
 
 Choices where the paper is silent, each an option:
 
@@ -316,8 +316,15 @@ class ThinChannels(_Gathered):
         for layer in pre:
             t = layer(t)  # the shortcut's average pool
         out = gathered_conv(t, conv, conv.weight, conv.bias, out_index, in_index)
+        if step.pre_act:  # its norm and act ran in pre()
+            return out
         out = thin_norm(norm, out, out_index)
         return out if act is None else act(out)
+
+    def pre(self, block, step, t, state):
+        """A pre-activation step's norm on the active channels it reads, then its act."""
+        t = thin_norm(step.norm_of(block), t, state.get(step.reads))
+        return t if step.act is None else step.act_of(block)(t)
 
     def at(self, block, pos, t, state):
         if pos in state.index:

@@ -22,6 +22,10 @@ upstream block (mmpretrain's ``BasicBlock``, ``Bottleneck`` and MobileNetV2's
                        +-------------------- (residual blocks only) ----> +
     (t = 1: no pw, no input position; the branch reads x as its expand set)
 
+    VGG layer (a ConvModule of mmpretrain's VGG.features: a plain chain, no add)
+    x (N, C_in, H, W) --> [input] conv 3x3 -> norm -> relu -> [output]       (N, C_out, H, W)
+    ([input] is the previous layer's [output], carried as it arrives: slim_stream)
+
 ``pw`` and ``dw`` both write the ``expand`` set: its position is decided after ``dw`` (a zero
 there is what the physically smaller block computes; BN + ReLU6 of a zero is not zero), which
 :attr:`ConvStep.marks` records.
@@ -81,6 +85,10 @@ class ConvStep:
             replacing part such as PiX); None: the walk calls conv, norm, act.
         marks (bool): the position ``writes`` is decided after this step (the gate multiplies
             here). Default True.
+        pre_act (bool): pre-activation order, norm -> act -> conv (DenseNet): ``norm`` and
+            ``act`` run on the set it ``reads``, which is decided after them (before the conv);
+            a zero before the norm would not remove a channel (BN maps 0 to its beta). Its own
+            output is decided at its consumers, so such a step has ``marks=False``.
     """
 
     name: str
@@ -91,6 +99,7 @@ class ConvStep:
     act: Optional[str] = None
     unit: Optional[str] = None
     marks: bool = True
+    pre_act: bool = False
     conv_of: Callable = dataclasses.field(init=False, repr=False, compare=False)
     norm_of: Callable = dataclasses.field(init=False, repr=False, compare=False)
     act_of: Callable = dataclasses.field(init=False, repr=False, compare=False)
@@ -99,6 +108,10 @@ class ConvStep:
     def __post_init__(self):
         for field in ('conv', 'norm', 'act', 'unit'):
             object.__setattr__(self, field + '_of', _getter(getattr(self, field)))
+        if self.pre_act and (self.marks or self.unit is not None or self.reads is None):
+            raise ValueError(f'pre-activation step {self.name!r}: its output is decided at its '
+                             f'consumers (marks=False), it reads a position, and its norm and '
+                             f'act are called on their own (no unit)')
 
     def parts(self, block: nn.Module):
         """``(pre, conv, norm, act)`` modules of this step in ``block``: ``pre`` the layers
@@ -130,6 +143,10 @@ class BlockStructure:
         residual (bool): the branch is added to the shortcut (False: the block is its branch).
         drop_path (str | None): path of the drop path applied to the branch before the add.
         post_act (str | None): path of the activation after the add.
+        slim_stream (bool): the block reads and writes the stream as a part carries it, at the
+            kept / active channels only (a dense layer's concatenation, a VGG layer's chain):
+            nothing is gathered at the entry nor scattered into a full-width output. Default
+            False.
     """
 
     kind: str
@@ -140,6 +157,7 @@ class BlockStructure:
     residual: bool = True
     drop_path: Optional[str] = None
     post_act: Optional[str] = None
+    slim_stream: bool = False
     drop_path_of: Callable = dataclasses.field(init=False, repr=False, compare=False)
     post_act_of: Callable = dataclasses.field(init=False, repr=False, compare=False)
 
@@ -215,6 +233,15 @@ INVERTED_RESIDUAL_T1 = BlockStructure(
                  unit='conv.0'),  # dw
         ConvStep('pwl', 'expand', 'output', 'conv.1.conv', 'conv.1.norm', unit='conv.1'),
     ))  # pw-linear
+# VGG: one ConvModule of ``VGG.features`` (conv, its norm property, activate; max pools sit
+# between the stages). No add ties a width and each layer reads exactly what the previous one
+# wrote, so thin and pruned layers hand their kept sets on slim (``slim_stream``): no gather
+# from / scatter into the full 512 channels per layer; the network restores the full width
+# where it returns features.
+VGG_LAYER = BlockStructure(
+    kind='ConvModule', positions=('input', 'output'), entry=None, branch=(
+        ConvStep('conv', 'input', 'output', 'conv', 'norm', 'activate'),  # 3x3
+    ), residual=False, slim_stream=True)
 
 _VARIANTS: Dict[tuple, BlockStructure] = {}
 
@@ -309,11 +336,20 @@ class Part:
         """The branch input from the block input x (N, C_in, H, W)."""
         return x
 
+    def pre(self, block, step: ConvStep, t, state):
+        """A pre-activation step's norm and act on the set it reads (N, C_reads, H, W)."""
+        t = step.norm_of(block)(t)
+        return t if step.act is None else step.act_of(block)(t)
+
     def conv(self, block, step: ConvStep, t, state):
-        """One step on t: (N, C_reads, H, W) -> (N, C_writes, H', W')."""
+        """One step on t: (N, C_reads, H, W) -> (N, C_writes, H', W') (a pre-activation
+        step: its conv only, :meth:`pre` ran its norm and act)."""
         if step.unit is not None:
             return step.unit_of(block)(t)
-        t = step.norm_of(block)(step.conv_of(block)(t))
+        t = step.conv_of(block)(t)
+        if step.pre_act:
+            return t
+        t = step.norm_of(block)(t)
         return t if step.act is None else step.act_of(block)(t)
 
     def at(self, block, pos: str, t, state):
@@ -335,13 +371,13 @@ class Part:
 
 class Masks(Part):
     """Gated forward: each position's tensor times its gates. ``state``: position -> gate
-    values z_full (N, groups) for ``block.gates[position]`` (a ``ChannelGate``)."""
+    values z_full (N, groups) for ``block.channel_gates[position]`` (a ``ChannelGate``)."""
 
     def enter(self, block, s, x, state):
-        return x if s.entry is None else block.gates[s.entry](x, state[s.entry])
+        return x if s.entry is None else block.channel_gates[s.entry](x, state[s.entry])
 
     def at(self, block, pos, t, state):
-        return block.gates[pos](t, state[pos])  # (N, C, H, W) * (N, C, 1, 1)
+        return block.channel_gates[pos](t, state[pos])  # (N, C, H, W) * (N, C, 1, 1)
 
 
 class _Gathered(Part):
@@ -353,7 +389,7 @@ class _Gathered(Part):
         raise NotImplementedError
 
     def enter(self, block, s, x, state):
-        index = self.index(block, state, s.branch[0].reads)
+        index = None if s.slim_stream else self.index(block, state, s.branch[0].reads)
         return x if index is None else x.index_select(1, index)  # (N, C, H, W) -> (N, k, H, W)
 
     def merge(self, block, s, out, identity, state):
@@ -361,6 +397,8 @@ class _Gathered(Part):
         place on the identity: x may be a stage output."""
         if s.drop_path is not None:
             out = s.drop_path_of(block)(out)
+        if s.slim_stream:  # the stream holds the kept channels only: out as it is
+            return out
         out_index = self.index(block, state, s.out)
         if not s.residual:
             if out_index is None:
@@ -409,6 +447,10 @@ class ActiveChannels(_Gathered):
     def index(self, block, state, pos):
         return state[0][pos]
 
+    def pre(self, block, step, t, state):
+        raise TypeError(f'{block.channel_structure.kind}: a pre-activation step has no '
+                        f'BN-folded form (ReLU sits between the norm and the conv)')
+
     def conv(self, block, step, t, state):
         index, folded = state
         pre, conv, _, act = step.parts(block)
@@ -437,9 +479,12 @@ class ConvMacs(Part):
     def enter(self, block, s, x, state):
         return x
 
+    def pre(self, block, step, t, state):
+        return t  # norms are not counted
+
     def _counts(self, step, conv, state):
-        c_in = conv.in_channels if step.reads is None else state.get(step.reads,
-                                                                      conv.in_channels)
+        c_in = conv.in_channels if step.reads is None else \
+            state.get(step.reads, conv.in_channels)
         return 1 if conv.groups > 1 else c_in, state.get(step.writes, conv.out_channels)
 
     def conv(self, block, step, t, state):
@@ -479,6 +524,8 @@ def walk(block: nn.Module, x, part: Part = PLAIN, state=None):
     s = block.channel_structure
     out = part.enter(block, s, x, state)
     for step in s.branch:
+        if step.pre_act:  # norm -> act -> conv: the set it reads is decided before the conv
+            out = part.at(block, step.reads, part.pre(block, step, out, state), state)
         out = part.conv(block, step, out, state)
         if step.marks:
             out = part.at(block, step.writes, out, state)
@@ -508,3 +555,36 @@ def forward_block(block: nn.Module, x: torch.Tensor, part: Part = PLAIN, state=N
         out = walk(block, x, part, state)
     post = block.channel_structure.post_act_of
     return out if post is None else post(block)(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pre-activation blocks: DenseNet (mmpretrain's DenseLayer, DenseTransition)
+# ---------------------------------------------------------------------------------------------
+# BN-ReLU-conv: a channel is removed at every consumer's input *after* its norm and act (a zero
+# before the norm would come out as beta), so each step decides the set it reads
+# (``pre_act``), and the sets a layer writes are decided by the layers that read them. A dense
+# layer reads the concatenation of its block's input and all earlier layers' outputs: its
+# ``input`` position is that concatenation, and a part carries the stream as it is
+# (``slim_stream``: a thin or pruned stream holds the kept channels only)::
+#
+#     DenseLayer                                                   [set]: a position
+#     cat(xs) (N, C_in, H, W) -> norm1 -> act -> [input] -> conv1 1x1  (N, bn_size * k, H, W)
+#                             -> norm2 -> act -> [conv1] -> conv2 3x3  (N, k, H, W) -> (cat)
+#     DenseTransition
+#     x (N, C_in, H, W) -> norm -> act -> [input] -> conv 1x1 -> pool   (N, C_out, H / 2, W / 2)
+#
+# The [conv2] / [conv] sets are decided by their readers' [input] positions (the next layers',
+# the transition's, the final norm's); ``position_widths`` gives their full widths.
+DENSE_LAYER = BlockStructure(
+    kind='DenseLayer', positions=('input', 'conv1', 'conv2'), entry=None, branch=(
+        ConvStep('conv1', 'input', 'conv1', 'conv1', 'norm1', 'act', marks=False,
+                 pre_act=True),  # 1x1 bottleneck
+        ConvStep('conv2', 'conv1', 'conv2', 'conv2', 'norm2', 'act', marks=False,
+                 pre_act=True),  # 3x3, growth
+    ), residual=False, slim_stream=True)
+
+DENSE_TRANSITION = BlockStructure(
+    kind='DenseTransition', positions=('input', 'conv'), entry=None, branch=(
+        ConvStep('conv', 'input', 'conv', 'conv', 'norm', 'act', marks=False,
+                 pre_act=True),  # 1x1 compression (the average pool follows the walk)
+    ), residual=False, slim_stream=True)

@@ -274,11 +274,17 @@ class GatedBlockMixin:
     ``__init__``. Its forward samples all gates at once from the block input
     (:meth:`sample_block_gates`) and walks the block's ``channel_structure`` with
     :class:`~mmmod.models.layers.channel_structure.Masks`, which multiplies each position's
-    tensor by ``self.gates[position](t, z[position])``; :meth:`flops` walks the same
+    tensor by ``self.channel_gates[position](t, z[position])``; :meth:`flops` walks the same
     description with :class:`~mmmod.models.layers.channel_structure.ConvMacs`.
 
+    Two kinds of gate modules: ``gate`` is the block's gate head (it produces the logits of all
+    the block's learned gates; every gate parameter lives in it, under ``gate.*`` in state
+    dicts), and ``channel_gates`` (position -> :class:`ChannelGate`, no parameters and nothing
+    in state dicts) apply the sampled gates per position. ``gate_positions`` are the gated
+    positions.
+
     Side outputs of the last forward (never returned): ``last_gates`` position -> z_full
-    (N, num_groups) and ``last_hw`` (input H, W). Every gate parameter lives in ``self.gate``.
+    (N, num_groups) and ``last_hw`` (input H, W).
     """
 
     gate_positions: Tuple[str, ...] = ()
@@ -304,8 +310,9 @@ class GatedBlockMixin:
             raise ValueError(f'gate_type must be one of {list(GATE_TYPES)}, got {gate_type!r}')
         self.gate_type = gate_type
         self.gate_positions = tuple(positions)
-        self.gates = nn.ModuleDict({p: ChannelGate(c, g, a) for p, (c, g, a) in positions.items()})
-        self.num_learned_gates = sum(g.num_gates for g in self.gates.values())
+        self.channel_gates = nn.ModuleDict(
+            {p: ChannelGate(c, g, a) for p, (c, g, a) in positions.items()})
+        self.num_learned_gates = sum(g.num_gates for g in self.channel_gates.values())
         if self.num_learned_gates == 0:
             self.gate = None  # every group always on: nothing to learn
         elif gate_type == 'dependent':
@@ -329,7 +336,7 @@ class GatedBlockMixin:
             z = sample_gates(logits, self.training, self.gate_mode, self.gate_tau)  # (N, G)
         z = z.to(x.dtype)
         out, start = {}, 0
-        for pos, gate in self.gates.items():
+        for pos, gate in self.channel_gates.items():
             z_full = gate.full_gates(z[:, start:start + gate.num_gates])  # (N, num_groups)
             out[pos] = z_full
             start += gate.num_gates
@@ -340,7 +347,7 @@ class GatedBlockMixin:
                       ) -> Dict[str, torch.Tensor]:
         """Active channels per position, (N,) each, from ``gates`` (default: the last ones)."""
         gates = self.last_gates if gates is None else gates
-        return {p: self.gates[p].active_channels(z) for p, z in gates.items()}
+        return {p: self.channel_gates[p].active_channels(z) for p, z in gates.items()}
 
     def flops(self, counts: Dict[str, torch.Tensor]) -> torch.Tensor:
         """Conv MACs of the block, (N,), from active channel counts per position (at
@@ -348,7 +355,7 @@ class GatedBlockMixin:
         return walk(self, (0, self.last_hw), MACS, counts)
 
     def full_flops(self) -> float:
-        counts = {p: torch.tensor([float(g.channels)]) for p, g in self.gates.items()}
+        counts = {p: torch.tensor([float(g.channels)]) for p, g in self.channel_gates.items()}
         return float(self.flops(counts)[0])
 
     def gate_flops(self) -> float:
@@ -359,8 +366,8 @@ class GatedBlockMixin:
         if not self.last_gates:
             raise RuntimeError(f'{type(self).__name__} has no gates recorded; run a forward '
                                f'pass first')
-        z = torch.cat([zf[:, self.gates[p].always_on:] for p, zf in self.last_gates.items()],
-                      1)  # (N, G_b) learned gates only
+        z = torch.cat([zf[:, self.channel_gates[p].always_on:]
+                       for p, zf in self.last_gates.items()], 1)  # (N, G_b) learned gates only
         return GateRecord(z, self.flops(self.active_counts()), self.full_flops(),
                           self.gate_flops())
 

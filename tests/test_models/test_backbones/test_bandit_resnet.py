@@ -10,7 +10,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmmod.engine.hooks.channel_bandit_hook import _restore, _snapshot
 from mmmod.models.backbones import BanditResNet
 
 SMALL = dict(depth=50, stem_channels=16, base_channels=8, out_indices=(3, ))
@@ -26,24 +25,8 @@ def _model(**kwargs):
     return model
 
 
-def _steps(model, data, steps=3, lr=0.01):
-    """The hook's work, by hand: select, forward/backward, SGD step, restore, observe."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-2,
-                                nesterov=True)
-    losses = []
-    for x, y in data[:steps]:
-        masks = model.begin_bandit_step()
-        saved = _snapshot(model.frozen_entries(masks), optimizer) \
-            if model.freeze_inactive else None
-        loss = F.cross_entropy(model(x)[-1].mean((2, 3)), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if saved is not None:
-            _restore(saved, optimizer)
-        model.end_bandit_step()
-        losses.append(loss.item())
-    return losses
+def _loss(model, x, y):
+    return F.cross_entropy(model(x)[-1].mean((2, 3)), y)
 
 
 @pytest.fixture(scope='module')
@@ -55,23 +38,23 @@ def data():
 
 def test_arms_of_resnet50():
     model = BanditResNet(depth=50)
-    arms = [(site, pos) for site, _, pos, _ in model.arms]
+    arms = [(arm.site, arm.position) for arm in model.arms]
     assert arms[:4] == [('stem', 'stem'), ('layer1.0', 'conv1'), ('layer1.0', 'conv2'),
                         ('layer1.1', 'conv1')]
     assert len(arms) == 1 + 2 * 16 and model.bandit.num_arms == 7616
     tied = BanditResNet(depth=50, arm_tied=True)
-    assert ('layer1.0', 'conv3') in [(s, p) for s, _, p, _ in tied.arms]
-    assert ('layer1.0', 'downsample') in [(s, p) for s, _, p, _ in tied.arms]
+    assert ('layer1.0', 'conv3') in [(a.site, a.position) for a in tied.arms]
+    assert ('layer1.0', 'downsample') in [(a.site, a.position) for a in tied.arms]
 
 
 def test_resnet18_stem_is_tied():
     """layer1.0 of ResNet-18 adds its input to the stream: the stem width is not free."""
-    arms = [(site, pos) for site, _, pos, _ in BanditResNet(depth=18).arms]
+    arms = [(a.site, a.position) for a in BanditResNet(depth=18).arms]
     assert ('stem', 'stem') not in arms and arms[0] == ('layer1.0', 'conv1')
 
 
 @pytest.mark.parametrize('arm_tied', [False, True])
-def test_thin_steps_equal_masked_steps(data, arm_tied):
+def test_thin_steps_equal_masked_steps(data, arm_tied, bandit_steps):
     """Same losses, parameters, BN statistics and bandit state after two steps (the second
     selected from the first's saliencies). In float64: BN over a batch of 4 at layer4's 1x1
     maps is ill-conditioned, and rounding differences grow ~100x per step."""
@@ -79,7 +62,7 @@ def test_thin_steps_equal_masked_steps(data, arm_tied):
     thin = copy.deepcopy(masked)
     thin.execution = 'thin'
     data = [(x.double(), y) for x, y in data]
-    losses = [_steps(m, data, steps=2) for m in (masked, thin)]
+    losses = [bandit_steps(m, data, _loss, steps=2) for m in (masked, thin)]
     assert losses[0] == pytest.approx(losses[1], rel=1e-9)
     for (name, a), b in zip(masked.state_dict().items(), thin.state_dict().values()):
         if a.is_floating_point():  # relative to the tensor's scale
@@ -89,17 +72,17 @@ def test_thin_steps_equal_masked_steps(data, arm_tied):
 
 
 @pytest.mark.parametrize('execution', ['masked', 'thin'])
-def test_inactive_channels_unchanged(data, execution):
+def test_inactive_channels_unchanged(data, execution, bandit_steps):
     model = _model(execution=execution, ratio=0.3)
     before = copy.deepcopy(model.state_dict())
-    _steps(model, data, steps=1)
+    bandit_steps(model, data, _loss, steps=1)
     masks = model.bandit.split(model.bandit.counts > 0)  # the one step's selection
     frozen = model.frozen_entries(masks)
     assert frozen
     changed = 0
     for name, tensor in model.state_dict().items():
-        entry = frozen.get(id(dict(model.named_parameters()).get(name,
-                                                                    dict(model.named_buffers()).get(name))))
+        tensors = {**dict(model.named_buffers()), **dict(model.named_parameters())}
+        entry = frozen.get(id(tensors.get(name)))
         if entry is None:
             continue
         mask = entry[1]
@@ -108,10 +91,10 @@ def test_inactive_channels_unchanged(data, execution):
     assert changed > 0  # the active entries did train
 
 
-def test_literal_masking_moves_inactive_weights(data):
+def test_literal_masking_moves_inactive_weights(data, bandit_steps):
     model = _model(execution='masked', ratio=0.3, freeze_inactive=False)
     before = model.layer1[0].conv1.weight.detach().clone()
-    _steps(model, data, steps=1)
+    bandit_steps(model, data, _loss, steps=1)
     inactive = ~model.bandit.split(model.bandit.counts > 0)[1]  # layer1.0 conv1
     assert not torch.equal(model.layer1[0].conv1.weight[inactive], before[inactive])
 
@@ -133,24 +116,24 @@ def test_saliency_is_the_mask_gradient(data):
     F.cross_entropy(masked(x)[-1].mean((2, 3)), y).backward()  # one backward: hooks once
     thin.begin_bandit_step()
     F.cross_entropy(thin(x)[-1].mean((2, 3)), y).backward()
-    for arm, ((site, _, pos, _), active) in enumerate(zip(masked.arms, masks)):
+    for arm, ((site, pos, *_), active) in enumerate(zip(masked.arms, masks)):
         expected = masked._steps[site].scale[pos].grad[active]
         torch.testing.assert_close(masked.step_saliencies()[arm][active], expected.double())
         torch.testing.assert_close(thin.step_saliencies()[arm], masked.step_saliencies()[arm])
         assert torch.all(thin.step_saliencies()[arm][~active] == 0)
 
 
-def test_eval_runs_fixed_topology_and_state_in_checkpoint(data):
+def test_eval_runs_fixed_topology_and_state_in_checkpoint(data, bandit_steps):
     model = _model(ratio=0.4).double()
     data = [(x.double(), y) for x, y in data]
-    _steps(model, data, steps=2)
+    bandit_steps(model, data, _loss, steps=2)
     assert {'bandit.counts', 'bandit.means', 'bandit.step'} <= set(model.state_dict())
     model.eval()
     with torch.no_grad():
         out = model(data[0][0])[-1]
     fixed = model.fixed_masks()
     assert all(torch.equal(a, b.cpu()) for a, b in zip(
-        fixed, [model._steps[site].masks[pos].cpu() for site, _, pos, _ in model.arms]))
+        fixed, [model._steps[a.site].masks[a.position].cpu() for a in model.arms]))
     masked = copy.deepcopy(model)
     masked.execution = 'masked'
     masked._fixed_at = None

@@ -17,14 +17,14 @@ def test_low_granularity_table_and_always_on_rule():
         layer = getattr(model, f'layer{row}')
         assert len(layer) == n
         for i, block in enumerate(layer):
-            assert block.gates['output'].group_size == g_out
-            assert block.gates['expand'].group_size == g_exp
-            assert ('input' in block.gates) == (t != 1)
+            assert block.channel_gates['output'].group_size == g_out
+            assert block.channel_gates['expand'].group_size == g_exp
+            assert ('input' in block.channel_gates) == (t != 1)
             if t != 1:
-                assert block.gates['input'].group_size == g_in
+                assert block.channel_gates['input'].group_size == g_in
             residual = i > 0  # stride 1 and C_in == C_out
             # "we keep 1 gate open for non-residual layers" (Sec. 4.2)
-            assert all(g.always_on == (0 if residual else 1) for g in block.gates.values())
+            assert all(g.always_on == (0 if residual else 1) for g in block.channel_gates.values())
 
 
 def test_state_dict_and_mode_on_equal_upstream():

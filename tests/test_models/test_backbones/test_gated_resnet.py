@@ -17,12 +17,14 @@ def test_low_granularity_follows_the_paper():
     for stage, g in enumerate((16, 32, 64, 128), 1):
         block = getattr(model, f'layer{stage}')[1]
         assert block.gate_positions == ('input', 'conv1', 'conv2', 'conv3')
-        assert [block.gates[p].group_size for p in block.gate_positions] == [g, g // 2, g // 2, g]
-        assert all(block.gates[p].always_on == 1 for p in block.gate_positions)
+        sizes = [block.channel_gates[p].group_size for p in block.gate_positions]
+        assert sizes == [g, g // 2, g // 2, g]
+        assert all(block.channel_gates[p].always_on == 1 for p in block.gate_positions)
     first = model.layer2[0]
-    assert first.gate_positions[-1] == 'downsample' and first.gates['downsample'].group_size == 32
+    assert first.gate_positions[-1] == 'downsample'
+    assert first.channel_gates['downsample'].group_size == 32
     basic = GatedResNet(depth=18).layer4[0]
-    assert {basic.gates[p].group_size for p in basic.gate_positions} == {64}
+    assert {basic.channel_gates[p].group_size for p in basic.gate_positions} == {64}
 
 
 def test_plain_resnet_state_dict_loads_with_only_gates_missing():
@@ -67,8 +69,8 @@ def test_threshold_deterministic_stochastic_not():
         assert torch.equal(model(x)[-1], model(x)[-1])
         z = model.layer1[0].last_gates['conv1']
         p_on = model.layer1[0].gate.logits.softmax(-1)[:, 1]
-        start = model.layer1[0].gates['input'].num_gates
-        learned = p_on[start:start + model.layer1[0].gates['conv1'].num_gates]
+        start = model.layer1[0].channel_gates['input'].num_gates
+        learned = p_on[start:start + model.layer1[0].channel_gates['conv1'].num_gates]
         assert torch.equal(z[0, 1:].bool(), learned > 0.5) and torch.equal(z[0], z[1])
         model.set_gate_mode('stochastic')
         assert not torch.equal(model(x)[-1], model(x)[-1])
@@ -95,10 +97,10 @@ def test_gated_off_groups_contribute_nothing():
         ref = model.layer2[0]
         for conv, norm, pos in ((ref.conv1, ref.norm1, 'conv1'), (ref.conv2, ref.norm2, 'conv2'),
                                 (ref.downsample[0], ref.downsample[1], 'downsample')):
-            off = ~ref.gates[pos].channel_mask(z[pos])[0]
+            off = ~ref.channel_gates[pos].channel_mask(z[pos])[0]
             conv.weight[off] = 0
             norm.weight[off], norm.bias[off] = 0, 0
-        keep_in = ref.gates['input'].channel_mask(z['input'])[0]
+        keep_in = ref.channel_gates['input'].channel_mask(z['input'])[0]
         ref.conv1.weight[:, ~keep_in] = 0
         ref.set_gate_mode('on')
         assert torch.allclose(ref(x), y, atol=1e-5)
@@ -120,7 +122,7 @@ def test_block_flops_equal_flop_count_of_smaller_convs(depth, style):
         x = torch.randn(1, block.in_channels, 9, 9)  # odd size: exercises the output rounding
         block(x)
     z = block.last_gates
-    c = {p: _active(block.gates[p], z[p]) for p in z}
+    c = {p: _active(block.channel_gates[p], z[p]) for p in z}
     c_in = c['input']
     convs = [('conv1', c_in, c['conv1']), ('conv2', c['conv1'], c['conv2'])]
     if depth == 50:
@@ -135,12 +137,12 @@ def test_block_flops_equal_flop_count_of_smaller_convs(depth, style):
     ds = nn.Conv2d(block.in_channels, c['downsample'], 1, 2, bias=False)
     expected += FlopAnalyzer(ds, torch.randn(1, block.in_channels, 9, 9)).total()
     assert block.flops(block.active_counts()).item() == expected
-    full = {p: torch.tensor([float(g.channels)]) for p, g in block.gates.items()}
+    full = {p: torch.tensor([float(g.channels)]) for p, g in block.channel_gates.items()}
     assert block.full_flops() == block.flops(full).item() > expected
 
 
 def model_positions(depth):
-    return GatedResNet.arch_settings[depth][0].positions
+    return GatedResNet.arch_settings[depth][0].gateable_positions
 
 
 def test_gradients_reach_gate_logits_and_every_parameter():

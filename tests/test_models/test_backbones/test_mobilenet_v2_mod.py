@@ -73,7 +73,7 @@ def test_gradients_reach_every_parameter():
 @pytest.mark.parametrize('kwargs,exc,match', [
     (dict(arch='MoD-XL'), KeyError, r"choose from \['MoD', 'MoD-L'\]"),
     (dict(arch=[[6, 24, 2]]), ValueError, r'\[t, c, n, s\] rows'),
-    (dict(mod_c=0), ValueError, 'integer >= 1'),
+    (dict(channel_reduction=0), ValueError, 'integer >= 1'),
     (dict(fusion='middle'), ValueError, 'fusion must be one of'),
 ])
 def test_bad_arguments(kwargs, exc, match):

@@ -145,7 +145,7 @@ def test_mod_patterns(pattern, expected):
 @pytest.mark.parametrize('kwargs,exc,match', [
     (dict(depth=51), KeyError, r'invalid depth 51 for ResNetMoD; choose from \[18, 26, 34, 42, '
      r'50, 75, 86, 101, 152\]'),
-    (dict(depth=50, mod_c=0), ValueError, 'integer >= 1'),
+    (dict(depth=50, channel_reduction=0), ValueError, 'integer >= 1'),
     (dict(depth=50, fusion='middle'), ValueError, r"\['first', 'last', 'original'\]"),
     (dict(depth=50, selection='best'), ValueError, r"\['topk', 'random'\]"),
     (dict(depth=50, mod_pattern='every-third'), ValueError, r"\['alternate', 'all', 'none'\]"),

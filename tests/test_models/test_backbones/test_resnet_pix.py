@@ -35,7 +35,7 @@ def test_every_bottleneck_has_pix_with_the_replaced_squeeze_ratio(depth):
 
 
 def test_zeta_multiplier_narrows_the_whole_branch():
-    model = ResNetPiX(depth=50, zeta=2)
+    model = ResNetPiX(depth=50, zeta_multiplier=2)
     block = model.layer3[1]  # C = 1024, ratio 4 * 2 = 8
     assert block.pix.zeta == 8 and block.pix.out_channels == 128
     assert (block.conv2.in_channels, block.conv2.out_channels, block.bn2.num_features,
@@ -166,7 +166,7 @@ def test_jit_trace_in_eval():
 
 @pytest.mark.parametrize('kwargs,exc,match', [
     (dict(depth=34), KeyError, r'invalid depth 34 for ResNetPiX; choose from \[50, 101, 152\]'),
-    (dict(depth=50, zeta=0), ValueError, 'zeta must be an integer >= 1, got 0'),
+    (dict(depth=50, zeta_multiplier=0), ValueError, 'zeta must be an integer >= 1, got 0'),
     (dict(depth=50, tau=1.5), ValueError, r'tau must be a number in \(0, 1\), got 1.5'),
     (dict(depth=50, mode='min'), ValueError, r"mode must be one of \['pix', 'avg', 'max'\]"),
     (dict(depth=50, stem_channels=96), ValueError, 'ratio must be an integer'),

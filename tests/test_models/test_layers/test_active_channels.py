@@ -105,15 +105,15 @@ def test_active_channels_equal_masking_mobilenet_v2(dependent_model, seed):
             for p in block.gate_positions:
                 if p == pos:
                     bias = block.gate.fc2.bias.view(-1, 2)  # (G, 2) off, on
-                    bias[start:start + block.gates[p].num_gates, 1] = -100.
-                start += block.gates[p].num_gates
+                    bias[start:start + block.channel_gates[p].num_gates, 1] = -100.
+                start += block.channel_gates[p].num_gates
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         masked = model(x)
         closed = {n: blocks[n].last_gates[p] for n, p in MBV2_CLOSED.items()}
         with active_channel_inference(model):
             fast = model(x)
-    assert all(not z[:, blocks[n].gates[MBV2_CLOSED[n]].always_on:].any()
+    assert all(not z[:, blocks[n].channel_gates[MBV2_CLOSED[n]].always_on:].any()
                for n, z in closed.items())
     assert 0.2 < model.gate_stats['gate_rate'] < 0.8
     for m, f in zip(masked, fast):
