@@ -1,8 +1,9 @@
-"""Dynamic channel execution end to end: the ResNet-50 CUCB config on generated SVHN through
-tools/train.py (a few iterations, the bandit's state in the checkpoints and the log), resumed
+"""Dynamic channel execution end to end through the tools on generated data: the ResNet-50 CUCB
+config on SVHN (a few iterations, the bandit's state in the checkpoints and the log), resumed
 from a checkpoint to the same bandit state an uninterrupted run reaches, tools/test.py on the
-result, its compact export (tools/export_pruned.py) fine-tuned by the -ft config and tested, and
-single-stage training (the topology fixed after the first epoch)."""
+result, single-stage training (the topology fixed after the first epoch); and for one config per
+dataset (ResNet-50 / SVHN, VGG-19 / CIFAR-10, DenseNet-121 / CIFAR-100) train -> export
+(tools/export_pruned.py) -> fine-tune the compact network with the -ft config -> test."""
 import glob
 import json
 import os.path as osp
@@ -10,7 +11,7 @@ import os.path as osp
 import pytest
 from mmengine.runner.checkpoint import _load_checkpoint
 
-from mmmod.datasets import make_svhn
+from mmmod.datasets import make_cifar10, make_cifar100, make_svhn
 
 pytestmark = pytest.mark.slow
 
@@ -41,6 +42,18 @@ BANDIT_STATE = ('backbone.bandit.counts', 'backbone.bandit.means', 'backbone.ban
 @pytest.fixture(scope='module')
 def svhn(tmp_path_factory):
     return make_svhn(tmp_path_factory.mktemp('svhn'), num_images=(8, 4, 4))
+
+
+@pytest.fixture(scope='module')
+def cifar10(tmp_path_factory):
+    return make_cifar10(tmp_path_factory.mktemp('cifar10'), num_train_per_class=1,
+                        num_test_per_class=1)
+
+
+@pytest.fixture(scope='module')
+def cifar100(tmp_path_factory):
+    return make_cifar100(tmp_path_factory.mktemp('cifar100'), num_train_per_class=1,
+                         num_test_per_class=1)
 
 
 def _config(directory, root, epochs, base=CONFIG, hooks=BANDIT_HOOK, extra=''):
@@ -90,36 +103,90 @@ def test_dce_config_trains_resumes_and_tests(svhn, tmp_path, tool_env, run_tool)
     assert len(metrics) == 1 and 'accuracy/top1' in json.load(open(metrics[0]))
 
 
-def test_dce_export_fine_tunes_and_tests(svhn, tmp_path, tool_env, run_tool):
+# One CUCB config per dataset, small: (CUCB config, its -ft config, data fixture, the TINY
+# overrides of the model and of the datasets). VGG has no width argument: its first two stages
+# (64, 64 | 128, 128); DenseNet a tiny arch (growth 4, two layers a stage).
+PIPELINES = {
+    'resnet50-svhn': ('configs/dce/resnet50-dce-p30_1xb64_svhn.py', FINE_TUNE, 'svhn', dict(
+        model='dict(backbone=dict(stem_channels=16, base_channels=8), '
+              'head=dict(in_channels=256))')),
+    'vgg19-cifar10': ('configs/dce/vgg19bn-dce-p40_1xb64_cifar10.py',
+                      'configs/dce/vgg19bn-dce-p40-ft_1xb64_cifar10.py', 'cifar10', dict(
+                          model='dict(backbone=dict(num_stages=2, dilations=(1, 1), '
+                                'out_indices=(1, )), head=dict(in_channels=128))',
+                          dataset=', verify_md5=False')),
+    'densenet121-cifar100': ('configs/dce/densenet121-dce-p40_1xb64_cifar100.py',
+                             'configs/dce/densenet121-dce-p40-ft_1xb64_cifar100.py', 'cifar100',
+                             dict(model='dict(backbone=dict(arch=dict(_delete_=True, '
+                                        'growth_rate=4, depths=[2, 2, 2, 2], init_channels=8), '
+                                        'bn_size=2), head=dict(in_channels=16))',
+                                  dataset=', verify_md5=False')),
+}
+PIPELINE_TINY = '''
+_base_ = {base!r}
+model = {model}
+train_dataloader = dict(batch_size=4, num_workers=0, dataset=dict(data_root={root!r}{dataset}))
+val_dataloader = dict(batch_size=4, num_workers=0, dataset=dict(data_root={root!r}{dataset}))
+test_dataloader = val_dataloader
+train_cfg = dict(max_epochs=1)
+default_hooks = dict(checkpoint=dict(type='CheckpointHook', interval=1),
+                     logger=dict(type='LoggerHook', interval=1))
+randomness = dict(seed=0)
+'''
+
+
+@pytest.mark.parametrize('case', sorted(PIPELINES))
+def test_dce_export_fine_tunes_and_tests(case, request, tmp_path, tool_env, run_tool):
     """Alg. 1 steps 12-14 through the tools: train, export the topology fixed by mean
-    saliency, fine-tune the compact network with the -ft config, test it."""
-    train_cfg = _config(tmp_path, svhn, epochs=1)
+    saliency, fine-tune the compact network with the -ft config (fresh optimizer, weights from
+    the export, strict load), test it."""
+    config, fine_tune, data, tiny = PIPELINES[case]
+    root = request.getfixturevalue(data)
+
+    def write(name, base, extra=''):
+        path = tmp_path / name
+        path.write_text(PIPELINE_TINY.format(base=osp.join(REPO, base), root=root,
+                                             dataset=tiny.get('dataset', ''),
+                                             model=tiny['model']) + extra)
+        return path
+
+    train_cfg = write('dce.py', config)
     train = run_tool(['train.py', train_cfg, '--work-dir', tmp_path / 'dce'],
                      tool_env(train_cfg))
     assert train.returncode == 0, train.stdout[-4000:]
+    trained = _load_checkpoint(str(tmp_path / 'dce' / 'epoch_1.pth'),
+                               map_location='cpu')['state_dict']
+    assert int(trained['backbone.bandit.step']) > 0  # the bandit observed the steps
     export = run_tool(['export_pruned.py', train_cfg, tmp_path / 'dce' / 'epoch_1.pth',
                        '--out-dir', tmp_path / 'pruned'], tool_env(train_cfg))
     assert export.returncode == 0, export.stdout[-4000:]
-    name = osp.basename(str(train_cfg))[:-3]
-    channels = tmp_path / 'pruned' / f'{name}_channels.json'
-    checkpoint = tmp_path / 'pruned' / f'{name}_pruned.pth'
-    assert 'params after / before' in export.stdout and channels.exists()
+    assert 'params after / before' in export.stdout
+    channels, checkpoint = (tmp_path / 'pruned' / 'dce_channels.json',
+                            tmp_path / 'pruned' / 'dce_pruned.pth')
+    kept = json.load(open(channels))
+    assert kept['selection'] == 'mean' and kept['bandit_step'] == int(
+        trained['backbone.bandit.step'])
 
-    # the fine-tune config with this export: fresh optimizer, weights from the export
-    ft_cfg = _config(tmp_path, svhn, epochs=1, base=FINE_TUNE, hooks='', extra=(
-        f'model.update(backbone=dict(model["backbone"], channel_cfg={str(channels)!r}))\n'
+    ft_cfg = write('ft.py', fine_tune, extra=(
+        f"model['backbone']['channel_cfg'] = {str(channels)!r}\n"
         f'load_from = {str(checkpoint)!r}\n'))
     ft = run_tool(['train.py', ft_cfg, '--work-dir', tmp_path / 'ft'], tool_env(ft_cfg))
     assert ft.returncode == 0, ft.stdout[-4000:]
     assert f'Load checkpoint from {checkpoint}' in ft.stdout
-    state = _load_checkpoint(str(tmp_path / 'ft' / 'epoch_1.pth'), map_location='cpu')
-    kept = json.load(open(channels))
-    conv1 = state['state_dict']['backbone.layer1.0.conv1.weight']
-    assert conv1.shape[:2] == (len(kept['blocks']['layer1.0']['conv1']), len(kept['stem']))
-    assert not any('bandit' in key for key in state['state_dict'])
+    assert 'missing keys' not in ft.stdout and 'unexpected key' not in ft.stdout
+    tuned = _load_checkpoint(str(tmp_path / 'ft' / 'epoch_1.pth'),
+                             map_location='cpu')['state_dict']
+    assert not any('bandit' in key for key in tuned)
+    # the compact network: only the kept channels' parameters are left
+    size = lambda state: sum(v.numel() for k, v in state.items()  # noqa: E731
+                             if 'bandit' not in k and v.is_floating_point())
+    assert size(tuned) < 0.8 * size(trained)
+
     test = run_tool(['test.py', ft_cfg, tmp_path / 'ft' / 'epoch_1.pth', '--work-dir',
-                     tmp_path / 'ft_test'], tool_env(ft_cfg))
+                     tmp_path / 'test'], tool_env(ft_cfg))
     assert test.returncode == 0, test.stdout[-4000:]
+    metrics = glob.glob(str(tmp_path / 'test' / '*' / '*.json'))
+    assert len(metrics) == 1 and 'accuracy/top1' in json.load(open(metrics[0]))
 
 
 def test_single_stage_fixes_the_topology(svhn, tmp_path, tool_env, run_tool):
