@@ -6,31 +6,29 @@ Stem, standard blocks, ``conv2`` and the backbone contract are mmpretrain's Mobi
 """
 from typing import Sequence, Union
 
-import torch  # noqa: F401  (used by the doctest examples)
+import torch
 import torch.nn as nn
-from mmcv.cnn import ConvModule
 from mmpretrain.models.backbones.mobilenet_v2 import InvertedResidual
 
 from mmmod.registry import MODELS
 from ..layers import MoDBlock, num_selected_channels
+from ..layers.channel_structure import slim_branch
 from ._mod_utils import mod_block_masks
 from .base import MobileNetV2Base
 
 
 def inverted_residual_branch(k: int, expand_ratio: int, conv_cfg=None,
                              norm_cfg=dict(type='BN'), act_cfg=dict(type='ReLU6')):
-    """Inverted residual branch at width k: (N, k, H, W) -> (N, k, H, W), stride 1."""
-    hidden = int(round(k * expand_ratio))
-    layers = []
-    if expand_ratio != 1:
-        layers.append(ConvModule(k, hidden, 1, conv_cfg=conv_cfg, norm_cfg=norm_cfg,
-                                 act_cfg=act_cfg))  # pw
-    layers += [
-        ConvModule(hidden, hidden, 3, padding=1, groups=hidden, conv_cfg=conv_cfg,
-                   norm_cfg=norm_cfg, act_cfg=act_cfg),  # dw
-        ConvModule(hidden, k, 1, conv_cfg=conv_cfg, norm_cfg=norm_cfg, act_cfg=None),  # pw-linear
-    ]
-    return nn.Sequential(*layers)
+    """Inverted residual branch at width k: (N, k, H, W) -> (N, k, H, W), stride 1 -- the
+    block's own description (:func:`~mmmod.models.layers.channel_structure.slim_branch`) at
+    the stream width k and the expansion width ``round(k * t)``."""
+    with torch.device('meta'):  # only its geometry is read
+        reference = InvertedResidual(8, 8, stride=1, expand_ratio=expand_ratio,
+                                     act_cfg=act_cfg)
+    widths = dict(input=k, expand=int(round(k * expand_ratio)), output=k)
+    if expand_ratio == 1:
+        widths['expand'] = k  # t = 1: the branch reads x as its expand set
+    return slim_branch(reference, widths, conv_cfg, norm_cfg)
 
 
 @MODELS.register_module()

@@ -9,38 +9,37 @@ drop-in for mmpretrain classifiers, mmseg FCN (deep stem, dilated stages) and mm
 """
 from typing import Sequence, Union
 
-import torch  # noqa: F401  (used by the doctest examples)
+import torch
 import torch.nn as nn
-from mmcv.cnn import ConvModule
 from mmengine.model.weight_init import constant_init
 from mmpretrain.models.backbones.resnet import BasicBlock, Bottleneck
 
 from mmmod.registry import MODELS
 from ..layers import MoDBlock, num_selected_channels
+from ..layers.channel_structure import slim_branch
 from ._mod_utils import mod_block_masks
 from .base import MOD_DEPTHS, ResNetBase, V1cStem, resnet_arch_settings
 
 
 def mod_branch(block: type, k: int, dilation: int = 1, expansion: int = 4, conv_cfg=None,
                norm_cfg=dict(type='BN')) -> nn.Sequential:
-    """The residual branch of ``block`` at width k, ending in a norm (no activation).
+    """The residual branch of ``block`` at width k, ending in a norm (no activation): the
+    block's own description (:func:`~mmmod.models.layers.channel_structure.slim_branch`) at
+    the stream width k and the inner width k / expansion (at least 1).
 
     Bottleneck: 1x1 k -> k/expansion, 3x3, 1x1 -> k. BasicBlock: 3x3 k -> k, 3x3 k -> k.
     (N, k, H, W) -> (N, k, H, W); stride 1, the stage's dilation.
     """
-    conv = dict(conv_cfg=conv_cfg, norm_cfg=norm_cfg)
-    if issubclass(block, Bottleneck):
-        mid = max(1, k // expansion)
-        return nn.Sequential(
-            ConvModule(k, mid, 1, **conv),  # reduce
-            ConvModule(mid, mid, 3, padding=dilation, dilation=dilation, **conv),
-            ConvModule(mid, k, 1, act_cfg=None, **conv))  # expand, no act: fused by addition
-    if issubclass(block, BasicBlock):
-        return nn.Sequential(
-            ConvModule(k, k, 3, padding=dilation, dilation=dilation, **conv),
-            ConvModule(k, k, 3, padding=dilation, dilation=dilation, act_cfg=None, **conv))
-    raise TypeError(f'no MoD branch for block type {block.__name__}; '
-                    'expected a BasicBlock or Bottleneck subclass')
+    if not issubclass(block, (Bottleneck, BasicBlock)):
+        raise TypeError(f'no MoD branch for block type {block.__name__}; '
+                        'expected a BasicBlock or Bottleneck subclass')
+    bottleneck = issubclass(block, Bottleneck)
+    expansion = expansion if bottleneck else 1
+    with torch.device('meta'):  # only its geometry is read
+        reference = block(expansion, expansion, expansion=expansion, dilation=dilation)
+    inner = max(1, k // expansion)
+    widths = dict(input=k, conv1=inner, conv2=inner if bottleneck else k, conv3=k)
+    return slim_branch(reference, widths, conv_cfg, norm_cfg)
 
 
 @MODELS.register_module()

@@ -328,6 +328,43 @@ def gathered_conv(x: torch.Tensor, conv: nn.Conv2d, weight: torch.Tensor,
                     weight.shape[0] if depthwise else 1)
 
 
+def slim_branch(reference: nn.Module, widths: Dict[str, int], conv_cfg=None,
+                norm_cfg=dict(type='BN')) -> nn.Sequential:
+    """The residual branch of a described block rebuilt at other widths, as mmcv ConvModules:
+    one per branch step, in order, each with the reference step's kernel, padding, dilation,
+    depthwise grouping and activation, stride 1 (a CNN-MoD block's slim branch: the block's
+    branch at width k, ending in its last norm).
+
+    Args:
+        reference (nn.Module): an upstream block of the kind (its geometry is read, not its
+            weights: build it on the meta device).
+        widths (dict): position -> width of every set the branch reads or writes.
+
+    Shapes:
+        (N, widths[first read], H, W) -> (N, widths[last written], H, W)
+
+    Example:
+        >>> from mmpretrain.models.backbones.resnet import Bottleneck
+        >>> with torch.device('meta'):
+        ...     reference = Bottleneck(4, 4)
+        >>> branch = slim_branch(reference, dict(input=16, conv1=4, conv2=4, conv3=16))
+        >>> [(m.conv.in_channels, m.conv.out_channels, m.conv.kernel_size[0], m.with_activation)
+        ...  for m in branch]
+        [(16, 4, 1, True), (4, 4, 3, True), (4, 16, 1, False)]
+    """
+    from mmcv.cnn import ConvModule
+    layers = []
+    for step in structure_of(reference).branch:
+        _, conv, _, act = step.parts(reference)
+        c_in, c_out = widths[step.reads], widths[step.writes]
+        depthwise = conv.groups > 1 and conv.groups == conv.in_channels
+        layers.append(ConvModule(
+            c_in, c_out, conv.kernel_size, padding=conv.padding, dilation=conv.dilation,
+            groups=c_out if depthwise else 1, conv_cfg=conv_cfg, norm_cfg=norm_cfg,
+            act_cfg=None if act is None else dict(type=type(act).__name__)))
+    return nn.Sequential(*layers)
+
+
 class Part:
     """What happens at the positions of a :func:`walk`; this base: nothing, so the walk is
     upstream's forward. ``state`` is the part's per-call data (gates, indices, counts)."""
