@@ -25,10 +25,10 @@ class Arm(NamedTuple):
         position (str): the channel position in the site's structure (``'conv1'``).
         width (int): its channels, the arms of this layer.
         producers (tuple): ``(conv, norm)`` pairs that write the channels (norm may be None).
-        consumers (tuple): ``(conv, norm[, offset])`` that read them: the conv's input
-            columns and, in pre-activation hosts (DenseNet), the norm in front of it (None
-            otherwise), the channels starting at ``offset`` of what they read (default 0; a
-            dense layer reads a concatenation).
+        consumers (tuple): ``(conv, norm, offset)`` that read them: the conv's input
+            columns (None: a norm read by no conv) and, in pre-activation hosts (DenseNet),
+            the norm in front of it (None otherwise), the channels starting at ``offset`` of
+            what they read (0 but where a dense layer reads a concatenation).
     """
 
     site: str
@@ -183,7 +183,7 @@ class BanditBackboneMixin:
                 if norm is not None:
                     add_norm(norm, inactive)
             for consumer in arm.consumers:
-                conv, norm, offset = (tuple(consumer) + (0, ))[:3]  # offset 0 when not given
+                conv, norm, offset = consumer
                 if conv is not None:  # None: a norm read by no conv (DenseNet's last one)
                     add(conv.weight, inactive, 1, offset)
                 if norm is not None:

@@ -37,7 +37,7 @@ from mmpretrain.models.backbones.densenet import DenseLayer, DenseNet, DenseTran
 from mmmod.registry import MODELS
 from ..layers.channel_bandit import EXECUTIONS, BanditStep, thin_norm
 from ..layers.channel_structure import (DENSE_LAYER, DENSE_TRANSITION, gathered_conv,
-                                        position_widths, walk)
+                                        position_widths, scatter_channels, walk)
 from ._bandit_utils import Arm, BanditBackboneMixin, BanditBlockMixin
 
 STEM = 'stem'
@@ -303,8 +303,7 @@ class BanditDenseNet(BanditBackboneMixin, DenseNet):
         if self.execution == 'masked':
             return x * step.scale[pos].to(x)[None, :, None, None]  # (N, C, H, W) * (1, C, 1, 1)
         index = step.get(pos)
-        full = x.new_zeros(x.shape[0], step.masks[pos].numel(), *x.shape[2:])
-        return full.index_copy(1, index, x)  # (N, k, H, W) -> (N, C, H, W)
+        return scatter_channels(x, index, step.masks[pos].numel())  # (N, k, ..) -> (N, C, ..)
 
     def _final(self, x: torch.Tensor) -> torch.Tensor:
         """The last norm-act, the backbone output: (N, C or k, H, W) -> (N, C, H, W)."""

@@ -25,7 +25,8 @@ from mmpretrain.models.backbones.resnet import BasicBlock, Bottleneck
 
 from mmmod.registry import MODELS
 from ..layers.channel_bandit import EXECUTIONS, thin_norm
-from ..layers.channel_structure import gathered_conv, position_widths, structure_of
+from ..layers.channel_structure import (gathered_conv, position_widths, scatter_channels,
+                                        structure_of)
 from ._bandit_utils import Arm, BanditBackboneMixin, BanditBlockMixin
 from .base import ResNetBase, resnet_arch_settings
 
@@ -112,7 +113,7 @@ class BanditResNet(BanditBackboneMixin, ResNetBase):
             readers = [st.parts(first)[1] for st in s.steps if st.reads in (None, s.entry)]
             conv, norm = self.stem_parts()[1:3]
             arms.append(Arm(STEM, STEM, conv.out_channels, ((conv, norm), ),
-                            tuple((r, None) for r in readers)))
+                            tuple((r, None, 0) for r in readers)))
         for name, block in self.bandit_blocks():
             s, widths = block.channel_structure, position_widths(block)
             for pos in s.positions:
@@ -120,7 +121,7 @@ class BanditResNet(BanditBackboneMixin, ResNetBase):
                     continue  # the block input is the stream; added sets are tied to it
                 producers = tuple(st.parts(block)[1:3] for st in s.steps if st.writes == pos)
                 consumers = () if pos in s.added else tuple(
-                    (st.parts(block)[1], None) for st in s.steps if st.reads == pos)
+                    (st.parts(block)[1], None, 0) for st in s.steps if st.reads == pos)
                 arms.append(Arm(name, pos, widths[pos], producers, consumers))
         return arms
 
@@ -164,8 +165,7 @@ class BanditResNet(BanditBackboneMixin, ResNetBase):
                             index))  # (N, k, H, W)
         step.record(STEM, out, thin=True)
         # the first block's shortcut reads the stream at full width: inactive channels are 0
-        full = out.new_zeros(out.shape[0], conv.out_channels, *out.shape[2:])
-        return full.index_copy(1, index, out)  # (N, k, H, W) -> (N, C, H, W)
+        return scatter_channels(out, index, conv.out_channels)  # (N, k, ..) -> (N, C, ..)
 
     def forward(self, x: torch.Tensor):
         self._check_bandit_step()

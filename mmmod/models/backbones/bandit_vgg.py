@@ -104,7 +104,7 @@ class BanditVGG(BanditBackboneMixin, VGGChainMixin, VGG):
     def _find_arms(self) -> List[Arm]:
         layers = [layer for _, layer in self.chain_layers()]
         return [Arm(name, OUTPUT, layer.conv.out_channels, ((layer.conv, layer.norm), ),
-                    ((layers[i + 1].conv, None), ) if i + 1 < len(layers) else ())
+                    ((layers[i + 1].conv, None, 0), ) if i + 1 < len(layers) else ())
                 for i, (name, layer) in enumerate(self.chain_layers())]  # the head: outside
 
     def _assign(self, masks: List[torch.Tensor], record: bool) -> None:

@@ -27,7 +27,8 @@ from mmcv.cnn import build_conv_layer, build_norm_layer
 from mmpretrain.models.backbones.resnet import BasicBlock, Bottleneck
 
 from mmmod.registry import MODELS
-from ..layers.channel_structure import KEPT, forward_block, position_widths, structure_of
+from ..layers.channel_structure import (KEPT, forward_block, position_widths, scatter_channels,
+                                        structure_of)
 from ._pruned_utils import (PrunedBackboneMixin, _replace, check_block_names,
                             check_positions, load_channel_cfg, prune_block)
 from .base import ResNetBase, V1cStem, resnet_arch_settings
@@ -192,8 +193,7 @@ class ScatterChannels(nn.Module):
         self.register_buffer('index', torch.tensor(index, dtype=torch.long), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        full = x.new_zeros(x.shape[0], self.channels, *x.shape[2:])
-        return full.index_copy_(1, self.index, x)
+        return scatter_channels(x, self.index, self.channels)
 
 
 @MODELS.register_module()

@@ -25,7 +25,8 @@ from mmcv.cnn import ConvModule
 from mmpretrain.models.backbones.vgg import VGG
 
 from mmmod.registry import MODELS
-from ..layers.channel_structure import KEPT, VGG_LAYER, forward_block, position_widths
+from ..layers.channel_structure import (KEPT, VGG_LAYER, forward_block, position_widths,
+                                        scatter_channels)
 from ._pruned_utils import (PrunedBackboneMixin, check_block_names, check_positions,
                             load_channel_cfg, prune_block)
 
@@ -100,8 +101,7 @@ class VGGChainMixin:
                 if index is None:
                     outs.append(x)
                 else:  # (N, k, h, w) -> (N, C, h, w), zeros at the others
-                    full = x.new_zeros(x.shape[0], width, *x.shape[2:])
-                    outs.append(full.index_copy(1, index, x))
+                    outs.append(scatter_channels(x, index, width))
         return tuple(outs)
 
 

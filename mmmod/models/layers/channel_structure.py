@@ -312,6 +312,13 @@ def conv_macs(conv: nn.Conv2d, hw: Tuple[int, int], in_active, out_active):
     return h_out * w_out * k_area * in_active * out_active, (h_out, w_out)
 
 
+def scatter_channels(x: torch.Tensor, index: torch.Tensor, channels: int) -> torch.Tensor:
+    """x (N, k, H, W), the channels ``index`` (k,) of a ``channels``-wide tensor, put back at
+    their places -> (N, channels, H, W), zeros elsewhere (what a removed channel holds)."""
+    full = x.new_zeros(x.shape[0], channels, *x.shape[2:])
+    return full.index_copy(1, index, x)
+
+
 def gathered_conv(x: torch.Tensor, conv: nn.Conv2d, weight: torch.Tensor,
                   bias: Optional[torch.Tensor], out_index: Optional[torch.Tensor],
                   in_index: Optional[torch.Tensor]) -> torch.Tensor:
@@ -440,8 +447,7 @@ class _Gathered(Part):
         if not s.residual:
             if out_index is None:
                 return out
-            full = out.new_zeros(out.shape[0], block.out_channels, *out.shape[2:])
-            return full.index_copy_(1, out_index, out)  # (N, k_out, ..) -> (N, C_out, ..)
+            return scatter_channels(out, out_index, block.out_channels)  # k_out -> C_out
         ds_index = None if s.shortcut is None else self.index(block, state, s.shortcut.writes)
         if ds_index is None:  # identity is full width
             if out_index is None:
